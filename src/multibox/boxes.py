@@ -91,7 +91,8 @@ def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float] = DEF
         variances: ``(center, size)`` variances; the offsets are divided by them.
 
     Returns:
-        ``Tensor[..., A, 4]`` targets ``((gx - px) / (pw v0), (gy - py) / (ph v0), log(gw / pw) / v1, log(gh / ph) / v1)``.
+        ``Tensor[..., A, 4]`` targets ``((gx - px) / (pw v0), (gy - py) / (ph v0), log(gw / pw) / v1,
+        log(gh / ph) / v1)``.
     """
     g = xyxy_to_cxcywh(matched)
     center = (g[..., :2] - priors[..., :2]) / (priors[..., 2:] * variances[0])

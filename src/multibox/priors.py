@@ -39,7 +39,7 @@ def boxes_per_location(aspect_ratios: Sequence[Sequence[float]], with_max_size: 
 
 
 def paper_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:
-    """The paper's eq. 4: ``s_k = s_min + (s_max - s_min) (k - 1) / (m - 1)`` for ``k = 1..m`` (fractions of the input)."""
+    """The paper's eq. 4: ``s_k = s_min + (s_max - s_min) (k - 1) / (m - 1)``, ``k = 1..m``, as input fractions."""
     if num_maps < 1:
         raise ValueError(f"num_maps must be >= 1, got {num_maps}")
     if num_maps == 1:

@@ -1,0 +1,112 @@
+"""MultiBox loss (SSD paper §2.2 "Training objective", eq. 1-2, and "Hard negative mining").
+
+``L = (L_conf + L_loc) / N`` with ``N`` the number of positive priors in the batch (at least 1):
+smooth-L1 (beta 1) on the encoded offsets of the positives, and softmax cross-entropy on the positives plus,
+per image, the ``min(3 num_pos, A - num_pos)`` negatives with the highest cross-entropy (3:1 mining).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from multibox.boxes import DEFAULT_VARIANCES, encode
+from multibox.matching import match, pad_targets
+from multibox.structures import Prediction
+
+__all__ = ["hard_negative_mask", "multibox_loss"]
+
+
+def hard_negative_mask(ce: Tensor, positive: Tensor, neg_pos_ratio: float = 3.0) -> Tensor:
+    """Select, per image, the negatives with the highest loss.
+
+    Args:
+        ce: ``Tensor[B, A]`` per-prior background cross-entropy (higher = harder).
+        positive: ``Tensor[B, A]`` bool.
+        neg_pos_ratio: negatives per positive (3 in the paper).
+
+    Returns:
+        ``Tensor[B, A]`` bool, True for the ``min(ratio * num_pos, A - num_pos)`` hardest negatives of each image
+        (ties broken by prior index). An image without positives gets none.
+    """
+    a = ce.shape[1]
+    num_pos = positive.sum(dim=1, keepdim=True)  # (B, 1)
+    num_neg = torch.minimum((neg_pos_ratio * num_pos).long(), a - num_pos)  # (B, 1)
+    hardness = ce.detach().masked_fill(positive, float("-inf"))
+    order = torch.sort(hardness, dim=1, descending=True, stable=True).indices  # (B, A)
+    ranks = torch.arange(a, device=ce.device).expand_as(order)
+    return torch.zeros_like(positive).scatter_(1, order, ranks < num_neg)
+
+
+def multibox_loss(
+    pred: Prediction,
+    targets: Sequence[tuple[Tensor, Tensor]],
+    priors: Tensor,
+    *,
+    iou_threshold: float = 0.5,
+    neg_pos_ratio: float = 3.0,
+    variances: tuple[float, float] = DEFAULT_VARIANCES,
+) -> dict[str, Tensor]:
+    """The SSD training loss of a batch.
+
+    Args:
+        pred: the network's ``Prediction`` (``cls_logits [B, A, C]``, ``box_deltas [B, A, 4]``).
+        targets: per image, ``(boxes Tensor[G, 4] xyxy in [0, 1], labels Tensor[G] int64 in 1..C-1)``; ``G`` may be 0.
+            Boxes without positive width and height are ignored with a warning.
+        priors: ``Tensor[A, 4]`` cxcywh default boxes.
+        iou_threshold: IoU for a prior to be positive.
+        neg_pos_ratio: hard negatives per positive.
+        variances: the box-coding variances.
+
+    Returns:
+        ``{"loc", "conf", "total", "num_pos"}``: the three losses (0-dim, already divided by the number of
+        positives) and the number of positives (int64).
+    """
+    cls_logits = pred.cls_logits.float()
+    box_deltas = pred.box_deltas.float()
+    b, a, c = cls_logits.shape
+    if len(targets) != b:
+        raise ValueError(f"got {len(targets)} targets for a batch of {b} images")
+    if priors.shape != (a, 4):
+        raise ValueError(f"priors have shape {tuple(priors.shape)} but the predictions have {a} boxes")
+    gt_boxes, gt_labels, valid = pad_targets(targets, cls_logits.device)
+    present = gt_labels.new_zeros(gt_labels.shape, dtype=torch.bool)
+    for i, (bx, _) in enumerate(targets):
+        present[i, : bx.shape[0]] = True
+    bad_labels = present & ((gt_labels < 1) | (gt_labels >= c))
+    if bad_labels.any():
+        i, j = bad_labels.nonzero()[0].tolist()
+        raise ValueError(
+            f"image {i} of the batch has label {int(gt_labels[i, j])}; labels must be in 1..{c - 1} "
+            f"for a model with {c} classes (0 is the background)"
+        )
+    dropped = int((present & ~valid).sum())
+    if dropped:
+        warnings.warn(
+            f"multibox_loss: ignored {dropped} ground-truth box(es) without positive width/height or with "
+            "non-finite corners; clean the annotations (see `multibox scan`)",
+            stacklevel=2,
+        )
+    priors = priors.to(cls_logits.device, torch.float32)
+    m = match(gt_boxes, valid, priors, iou_threshold)
+    pos = m.positive  # (B, A)
+    num_pos = pos.sum()
+
+    # Localisation: smooth-L1 over the positives only (the others may be matched to padding).
+    matched = torch.gather(gt_boxes, 1, m.gt_index.unsqueeze(-1).expand(b, a, 4))  # (B, A, 4)
+    loc_t = encode(matched[pos], priors.expand(b, a, 4)[pos], variances)  # (P, 4)
+    loc = F.smooth_l1_loss(box_deltas[pos], loc_t, reduction="sum", beta=1.0)
+
+    # Confidence: CE on the positives plus the hardest negatives.
+    conf_t = torch.where(pos, torch.gather(gt_labels, 1, m.gt_index), 0)  # (B, A)
+    ce = F.cross_entropy(cls_logits.reshape(-1, c), conf_t.reshape(-1), reduction="none").view(b, a)
+    neg = hard_negative_mask(ce, pos, neg_pos_ratio)
+    conf = ce[pos | neg].sum()
+
+    n = num_pos.clamp(min=1).to(cls_logits.dtype)
+    loc, conf = loc / n, conf / n
+    return {"loc": loc, "conf": conf, "total": loc + conf, "num_pos": num_pos}

@@ -1,0 +1,104 @@
+"""Greedy non-maximum suppression in plain torch, exact and batched.
+
+Greedy NMS keeps box ``i`` (boxes sorted by descending score) if and only if no *kept* box ``j < i`` overlaps
+it with IoU above the threshold. Written as ``keep = valid & ~any_j(S[i, j] & keep[j])`` with the strictly
+lower-triangular suppression matrix ``S``, this is a triangular system with exactly one solution. We solve it
+by fixed-point iteration from ``keep = valid``: each sweep fixes at least one more leading box, and the
+iteration stops as soon as ``keep`` no longer changes, which (the solution being unique) is the greedy
+result. The number of sweeps is the length of the longest suppression chain, usually a handful, and each sweep
+is one batched matrix-vector product over all images and classes at once: no Python loop over boxes or classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from multibox.boxes import box_iou
+
+__all__ = ["batched_nms", "nms", "nms_padded"]
+
+
+def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS over independent groups of candidates already sorted by descending score.
+
+    Args:
+        boxes: ``Tensor[..., K, 4]`` xyxy, sorted by descending score within each group.
+        valid: ``Tensor[..., K]`` bool; invalid candidates are neither kept nor suppress anything.
+        iou_threshold: a box is suppressed by a kept higher-scored box when their IoU is strictly greater.
+
+    Returns:
+        ``Tensor[..., K]`` bool, True for the kept candidates.
+    """
+    k = boxes.shape[-2]
+    if k == 0 or valid.numel() == 0:
+        return valid.clone()
+    lead = boxes.shape[:-2]
+    boxes = boxes.reshape(-1, k, 4)  # (..., K, 4) -> (N, K, 4)
+    keep = valid.reshape(-1, k)  # (..., K) -> (N, K)
+    # S[n, i, j] = 1 where j < i (j scored higher) and IoU(i, j) > threshold.
+    lower = torch.ones(k, k, dtype=torch.bool, device=boxes.device).tril(-1)
+    sup = ((box_iou(boxes, boxes) > iou_threshold) & lower & keep[:, None, :]).to(boxes.dtype)  # (N, K, K)
+    # Only groups with at least one possible suppression need sweeps.
+    active = sup.flatten(1).any(1).nonzero().squeeze(1)
+    if active.numel():
+        s = sup[active]
+        v = keep[active]
+        cur = v
+        for _ in range(k):
+            hit = torch.bmm(s, cur.to(s.dtype).unsqueeze(-1)).squeeze(-1) > 0  # (n, K)
+            nxt = v & ~hit
+            if torch.equal(nxt, cur):
+                break
+            cur = nxt
+        keep = keep.clone()
+        keep[active] = cur
+    return keep.reshape(*lead, k)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS of one set of boxes (torchvision.ops.nms semantics).
+
+    Args:
+        boxes: ``Tensor[N, 4]`` xyxy.
+        scores: ``Tensor[N]``.
+        iou_threshold: suppress boxes whose IoU with a kept higher-scored box is strictly greater.
+
+    Returns:
+        ``Tensor[M]`` int64 indices of the kept boxes, by descending score.
+    """
+    return batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS applied independently within each group ``idxs`` (e.g. each class).
+
+    The boxes are sorted by (group, descending score) and laid out as a padded ``[groups, K_max]`` array, so
+    memory grows with the size of the largest group squared, not with ``N`` squared.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` xyxy.
+        scores: ``Tensor[N]``.
+        idxs: ``Tensor[N]`` int64 group of each box.
+        iou_threshold: IoU above which a lower-scored box of the same group is suppressed.
+
+    Returns:
+        ``Tensor[M]`` int64 indices of the kept boxes, by descending score.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(idxs[order], stable=True).indices]  # by group, then by descending score
+    groups, counts = torch.unique_consecutive(idxs[order], return_counts=True)
+    k_max = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    g = torch.repeat_interleave(torch.arange(groups.numel(), device=boxes.device), counts)  # (N,)
+    pos = torch.arange(n, device=boxes.device) - starts[g]  # rank of each box in its group
+    padded = boxes.new_zeros(groups.numel(), k_max, 4)
+    valid = torch.zeros(groups.numel(), k_max, dtype=torch.bool, device=boxes.device)
+    padded[g, pos] = boxes[order]
+    valid[g, pos] = True
+    keep = nms_padded(padded, valid, iou_threshold)[g, pos]  # back to the sorted order, (N,)
+    kept = order[keep]
+    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]

@@ -1,0 +1,108 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multibox.boxes import box_iou, cxcywh_to_xyxy, encode
+from multibox.loss import hard_negative_mask, multibox_loss
+from multibox.structures import Prediction
+
+
+def reference_loss(cls_logits, box_deltas, targets, priors, thr=0.5, ratio=3):
+    """Straightforward per-image SSD loss, ssd.pytorch's semantics written with plain loops."""
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    a = priors.shape[0]
+    loc_sum, conf_sum, total_pos = 0.0, 0.0, 0
+    for i, (boxes, labels) in enumerate(targets):
+        conf_t = torch.zeros(a, dtype=torch.long)
+        pos = torch.zeros(a, dtype=torch.bool)
+        matched = torch.zeros(a, 4)
+        if len(boxes):
+            iou = box_iou(boxes, priors_xyxy)  # (G, A)
+            best_iou, best_gt = iou.max(0)
+            for g in range(len(boxes)):  # forced matches, later GT wins
+                p = int(iou[g].argmax())
+                best_gt[p] = g
+                best_iou[p] = 2.0
+            pos = best_iou >= thr
+            conf_t = torch.where(pos, labels[best_gt], 0)
+            matched = boxes[best_gt]
+        n_pos = int(pos.sum())
+        total_pos += n_pos
+        if n_pos:
+            t = encode(matched[pos], priors[pos])
+            loc_sum += float(F.smooth_l1_loss(box_deltas[i][pos], t, reduction="sum"))
+        ce = F.cross_entropy(cls_logits[i], conf_t, reduction="none")
+        n_neg = min(ratio * n_pos, a - n_pos)
+        neg_losses = sorted((float(ce[j]) for j in range(a) if not pos[j]), reverse=True)[:n_neg]
+        conf_sum += float(ce[pos].sum()) + sum(neg_losses)
+    n = max(1, total_pos)
+    return loc_sum / n, conf_sum / n, total_pos
+
+
+def make_problem(seed, sizes=(2, 0, 4), a=400, c=5):
+    g = torch.Generator().manual_seed(seed)
+    priors = torch.cat((torch.rand(a, 2, generator=g), torch.rand(a, 2, generator=g) * 0.4 + 0.05), 1)
+    targets = []
+    for n in sizes:
+        xy = torch.rand(n, 2, generator=g) * 0.6
+        wh = torch.rand(n, 2, generator=g) * 0.3 + 0.05
+        targets.append((torch.cat((xy, xy + wh), 1), torch.randint(1, c, (n,), generator=g)))
+    pred = Prediction(torch.randn(len(sizes), a, c, generator=g), torch.randn(len(sizes), a, 4, generator=g) * 0.5)
+    return pred, targets, priors
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_loss_equals_per_image_reference(seed):
+    pred, targets, priors = make_problem(seed)
+    out = multibox_loss(pred, targets, priors)
+    loc, conf, n_pos = reference_loss(pred.cls_logits, pred.box_deltas, targets, priors)
+    assert int(out["num_pos"]) == n_pos > 0
+    assert float(out["loc"]) == pytest.approx(loc, rel=1e-5)
+    assert float(out["conf"]) == pytest.approx(conf, rel=1e-5)
+    assert float(out["total"]) == pytest.approx(loc + conf, rel=1e-5)
+
+
+def test_all_empty_images_give_zero_loss_without_nan():
+    pred, _, priors = make_problem(0, sizes=(0, 0))
+    out = multibox_loss(pred, [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))] * 2, priors)
+    assert out["num_pos"] == 0 and out["loc"] == 0 and out["conf"] == 0
+
+
+def test_gradients_flow_and_are_finite():
+    pred, targets, priors = make_problem(1)
+    logits = pred.cls_logits.clone().requires_grad_()
+    deltas = pred.box_deltas.clone().requires_grad_()
+    multibox_loss(Prediction(logits, deltas), targets, priors)["total"].backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(deltas.grad).all()
+    assert deltas.grad.abs().sum() > 0
+    assert logits.grad[1].abs().sum() == 0  # the empty image contributes nothing
+
+
+def test_hard_negative_mask_by_hand():
+    ce = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3, 0.2, 0.8, 0.05]])
+    pos = torch.tensor([[False, True, False, False, False, False, False, False]])
+    # 1 positive -> 3 negatives: the highest CE among non-positives: 0.8 (6), 0.7 (3), 0.5 (2)
+    assert hard_negative_mask(ce, pos).nonzero()[:, 1].tolist() == [2, 3, 6]
+    # 3 positives of 4 priors -> min(9, 1) = 1 negative
+    assert hard_negative_mask(ce[:, :4], torch.tensor([[True, True, False, True]])).tolist() == [
+        [False, False, True, False]
+    ]
+
+
+def test_degenerate_box_is_ignored_with_warning_and_bad_label_raises():
+    pred, targets, priors = make_problem(2, sizes=(2,))
+    boxes, labels = targets[0]
+    bad = torch.cat((boxes, torch.tensor([[0.5, 0.5, 0.5, 0.7]])))
+    with pytest.warns(UserWarning, match="ignored 1 ground-truth box"):
+        out = multibox_loss(pred, [(bad, torch.cat((labels, torch.tensor([1]))))], priors)
+    ref = multibox_loss(pred, targets, priors)
+    assert torch.isfinite(out["total"]) and float(out["total"]) == pytest.approx(float(ref["total"]))
+    with pytest.raises(ValueError, match=r"labels must be in 1\.\.4"):
+        multibox_loss(pred, [(boxes, torch.tensor([1, 5]))], priors)
+    with pytest.raises(ValueError, match=r"labels must be in 1\.\.4"):
+        multibox_loss(pred, [(boxes, torch.tensor([0, 1]))], priors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        multibox_loss(pred, targets, priors)

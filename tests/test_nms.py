@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from multibox.boxes import box_iou
+from multibox.nms import batched_nms, nms, nms_padded
+
+
+def greedy_reference(boxes, scores, thr):
+    """The textbook loop: take the best remaining box, drop everything overlapping it by more than thr."""
+    iou = box_iou(boxes, boxes).tolist()  # box_iou itself is checked against a double loop in test_boxes
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        order = [j for j in order if iou[i][j] <= thr]
+    return keep
+
+
+def random_boxes(n, g):
+    xy = torch.rand(n, 2, generator=g) * 0.8
+    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.02
+    return torch.cat((xy, xy + wh), 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("thr", [0.3, 0.45, 0.7])
+def test_nms_equals_greedy_loop(seed, thr):
+    g = torch.Generator().manual_seed(seed)
+    boxes = random_boxes(120, g)
+    scores = torch.rand(120, generator=g)
+    assert nms(boxes, scores, thr).tolist() == greedy_reference(boxes, scores, thr)
+
+
+def test_nms_chain_needs_exact_greedy():
+    # A suppresses B, B would suppress C, but B is gone so C survives: a one-shot "suppressed by any
+    # higher-scored box" rule would wrongly drop C.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms(boxes, scores, 0.3).tolist() == [0, 2]
+    assert greedy_reference(boxes, scores, 0.3) == [0, 2]
+
+
+def test_nms_threshold_is_strict_and_empty():
+    boxes = torch.tensor([[0.0, 0, 2, 2], [1, 0, 3, 2]])  # IoU exactly 1/3
+    scores = torch.tensor([0.9, 0.8])
+    assert nms(boxes, scores, 1 / 3).tolist() == [0, 1]
+    assert nms(boxes, scores, 0.33).tolist() == [0]
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_nms_equals_per_class_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    boxes = random_boxes(200, g)
+    scores = torch.rand(200, generator=g)
+    idxs = torch.randint(0, 5, (200,), generator=g)
+    expected = []
+    for c in range(5):
+        members = (idxs == c).nonzero().squeeze(1)
+        expected += members[greedy_reference(boxes[members], scores[members], 0.5)].tolist()
+    expected.sort(key=lambda i: -float(scores[i]))
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == expected
+
+
+def test_nms_padded_ignores_invalid_candidates():
+    boxes = torch.tensor([[[0.0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]]])
+    valid = torch.tensor([[False, True, True]])  # the invalid best box must not suppress the others
+    assert nms_padded(boxes, valid, 0.5).tolist() == [[False, True, False]]
+    assert nms_padded(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), 0.5).shape == (2, 0)
