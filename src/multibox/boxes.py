@@ -65,13 +65,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         ``Tensor[..., N, M]``. A pair whose union is empty (two degenerate boxes) has IoU 0, never NaN.
         Empty inputs give an empty matrix of the right shape.
     """
-    area1 = box_area(boxes1)  # (..., N)
-    area2 = box_area(boxes2)  # (..., M)
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (..., N, M, 2)
-    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # (..., N, M, 2)
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # (..., N, M)
-    union = area1[..., :, None] + area2[..., None, :] - inter
+    a1, b1, a2, b2 = (t.unsqueeze(-1) for t in boxes1.unbind(-1))  # (..., N, 1) each
+    c1, d1, c2, d2 = (t.unsqueeze(-2) for t in boxes2.unbind(-1))  # (..., 1, M) each
+    # Per-coordinate broadcasting is several times faster than a trailing dimension of 2.
+    inter = (torch.minimum(a2, c2) - torch.maximum(a1, c1)).clamp_(min=0) * (
+        torch.minimum(b2, d2) - torch.maximum(b1, d1)
+    ).clamp_(min=0)  # (..., N, M)
+    union = ((a2 - a1).clamp(min=0) * (b2 - b1).clamp(min=0)) + ((c2 - c1).clamp(min=0) * (d2 - d1).clamp(min=0))
+    union = union - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
 
 

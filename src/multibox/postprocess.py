@@ -33,15 +33,19 @@ def select_candidates(
         possibly lowered to the largest number of valid candidates of any (image, class).
     """
     b, a, c = pred.cls_logits.shape
-    probs = torch.softmax(pred.cls_logits.float(), dim=-1)[..., 1:].transpose(1, 2)  # (B, A, C) -> (B, C-1, A)
-    boxes = clip_boxes(decode(pred.box_deltas.float(), priors.to(pred.box_deltas.device).float(), variances))
+    probs = torch.softmax(pred.cls_logits.float(), dim=-1)  # (B, A, C)
+    probs = probs[..., 1:].transpose(1, 2).contiguous()  # (B, A, C) -> (B, C-1, A), contiguous for topk
     k = min(pre_nms_top_k, a)
     scores, idx = probs.topk(k, dim=-1)  # (B, C-1, K), sorted
     valid = scores > score_thresh
     # Candidates are sorted, so the valid ones form a prefix: trim to the longest prefix in the batch.
     k = int(valid.sum(-1).max()) if valid.numel() else 0
     scores, idx, valid = scores[..., :k], idx[..., :k], valid[..., :k]
-    cand = torch.gather(boxes.unsqueeze(1).expand(b, c - 1, a, 4), 2, idx.unsqueeze(-1).expand(b, c - 1, k, 4))
+    # Decode only the candidates: flat prior index -> (B, C-1, K, 4).
+    flat = (idx + torch.arange(b, device=idx.device).view(b, 1, 1) * a).reshape(-1)
+    deltas = pred.box_deltas.float().reshape(b * a, 4)[flat]
+    cand_priors = priors.to(deltas.device, torch.float32)[idx.reshape(-1)]
+    cand = clip_boxes(decode(deltas, cand_priors, variances)).view(b, c - 1, k, 4)
     return cand, scores, valid
 
 
