@@ -1,0 +1,307 @@
+"""Run configuration: frozen dataclasses, YAML presets that mirror them 1:1, strict keys, dotted overrides.
+
+A config is read only where things are composed (the model builder call, the training entry point); components
+take explicit arguments. Presets live in ``multibox/configs/*.yaml`` (shipped with the package) and are loaded
+by name (``load_config("ssd300_vgg16_voc")``) or from a path. Overrides use dotted keys: ``train.lr=0.002``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "list_presets",
+    "load_config",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build.
+
+    Attributes:
+        name: a registered builder (``multibox.list_models()``).
+        num_classes: including the background; None takes it from the dataset (number of classes + 1).
+        image_size: input ``(H, W)`` (or one int for square) the network and its priors are built for.
+        priors: a prior preset name (``voc300``, ``coco300``, ``voc512``, ``coco512``) or None for the builder's.
+        kwargs: further keyword arguments of the builder (e.g. ``width`` for ``ssd_tiny``).
+    """
+
+    name: str = "ssd300_vgg16"
+    num_classes: int | None = None
+    image_size: int | tuple[int, int] = 300
+    priors: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from.
+
+    Attributes:
+        kind: ``voc`` (a VOC layout at ``root``), ``coco`` (``images_dir`` + ``annotations``) or ``shapes``
+            (the synthetic set, generated in memory).
+        root: VOC root directory.
+        train_split / val_split: VOC ``ImageSets/Main`` split names.
+        classes: class names (None: collected from the annotations).
+        train_images / val_images / train_annotations / val_annotations: COCO image folders and JSON files.
+        shapes_train / shapes_val: sizes of the synthetic splits; shapes_seed: their seed.
+        keep_difficult: keep ``difficult`` objects in training targets.
+        augment: the paper's training augmentation (photometric, zoom-out, min-IoU crop, flip).
+        num_workers: DataLoader workers.
+    """
+
+    kind: Literal["voc", "coco", "shapes"] = "shapes"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "test"
+    classes: tuple[str, ...] | None = None
+    train_images: str | None = None
+    val_images: str | None = None
+    train_annotations: str | None = None
+    val_annotations: str | None = None
+    shapes_train: int = 1000
+    shapes_val: int = 200
+    shapes_seed: int = 0
+    keep_difficult: bool = False
+    augment: bool = True
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (defaults: the paper's VOC SSD300 recipe, §3 and §3.1).
+
+    Attributes:
+        batch_size: images per optimizer step (before accumulation).
+        lr, momentum, weight_decay: SGD (1e-3, 0.9, 5e-4 in the paper).
+        no_decay_bias_norm: exempt biases and normalisation weights from weight decay.
+        warmup_iters, warmup_factor: linear warmup from ``lr * warmup_factor``.
+        schedule: ``multistep`` (x ``gamma`` at each of ``milestones``) or ``cosine`` (to ``lr * min_lr_factor``).
+        max_iters: optimizer steps; ``epochs`` instead, if set, counts passes over the data.
+        grad_accum: micro-batches per optimizer step.
+        amp: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA).
+        channels_last: NHWC memory format.
+        clip_grad_norm: max gradient norm, or None.
+        seed: the run's seed (data order, augmentation, initialisation).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        out_dir: where checkpoints and logs go.
+        log_every, ckpt_every, eval_every: in optimizer steps (0 disables checkpoints / periodic eval).
+        init_weights: optional checkpoint or converted backbone weights to start from.
+    """
+
+    batch_size: int = 32
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    no_decay_bias_norm: bool = False
+    warmup_iters: int = 500
+    warmup_factor: float = 1 / 3
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    milestones: tuple[int, ...] = (80_000, 100_000)
+    gamma: float = 0.1
+    min_lr_factor: float = 0.0
+    max_iters: int = 120_000
+    epochs: int | None = None
+    grad_accum: int = 1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/exp"
+    log_every: int = 20
+    ckpt_every: int = 5000
+    eval_every: int = 0
+    init_weights: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Post-processing and metric (ssd.pytorch's evaluation: score 0.01, NMS 0.45, top 200; VOC07 11-point).
+
+    Attributes:
+        metric: ``voc07`` (11-point), ``voc`` (area, VOC2010+) or ``coco`` (pycocotools).
+        batch_size: images per forward pass.
+    """
+
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    pre_nms_top_k: int = 200
+    top_k: int = 200
+    iou_threshold: float = 0.5
+    metric: Literal["voc07", "voc", "coco"] = "voc07"
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a YAML value to the annotated type ``tp`` (with clear errors)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise ValueError(f"{where}: {value!r} does not fit {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], data[f.name] or {}, key)
+        else:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from nested mappings; unknown keys and wrong types raise ``ValueError``."""
+    return _build(Config, data or {}, "")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (YAML/JSON-ready, round-trips through :func:`config_from_dict`)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def _preset_dir() -> Path:
+    return Path(str(resources.files("multibox") / "configs"))
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped YAML presets."""
+    return sorted(p.stem for p in _preset_dir().glob("*.yaml"))
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a preset by name or a YAML file by path, then apply ``key.sub=value`` overrides.
+
+    Override values are parsed as YAML (``train.lr=2e-3``, ``model.image_size=[256,256]``, ``data.root=/x``).
+
+    Raises:
+        FileNotFoundError: the name is neither a preset nor a file (the message lists the presets).
+        ValueError: unknown keys, wrong types, or a malformed override (the message names the key).
+    """
+    tree: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = Path(name_or_path)
+        if not path.is_file():
+            preset = _preset_dir() / f"{name_or_path}.yaml"
+            if not preset.is_file():
+                raise FileNotFoundError(
+                    f"no config file or preset named {str(name_or_path)!r}; presets: {list_presets()}"
+                )
+            path = preset
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path}: the top level must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: cannot parse the value: {e}") from e
+        _set(tree, key.strip(), value)
+    return config_from_dict(tree)

@@ -1,0 +1,53 @@
+import pytest
+
+from multibox.config import Config, config_from_dict, config_to_dict, list_presets, load_config
+
+
+def test_presets_load_and_round_trip():
+    assert {"ssd300_vgg16_voc", "ssd512_vgg16_voc", "ssd300_vgg16_coco", "ssd_tiny_shapes"} <= set(list_presets())
+    for name in list_presets():
+        cfg = load_config(name)
+        assert isinstance(cfg, Config)
+        assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_paper_recipe_in_voc300_preset():
+    t = load_config("ssd300_vgg16_voc").train
+    assert (t.lr, t.batch_size, t.max_iters, t.milestones, t.momentum, t.weight_decay) == (
+        1e-3, 32, 120_000, (80_000, 100_000), 0.9, 5e-4,
+    )  # fmt: skip
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config("ssd_tiny_shapes", ["train.lr=0.002", "model.image_size=[96,128]", "data.root=/x/y"])
+    assert cfg.train.lr == 0.002 and cfg.model.image_size == (96, 128) and cfg.data.root == "/x/y"
+    assert cfg.train.milestones == (80_000, 100_000)  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lrr=1"], r"unknown key\(s\) \['lrr'\]"),
+        (["bogus.x=1"], r"unknown key\(s\) \['bogus'\]"),
+        (["train.lr=fast"], "train.lr: expected a number"),
+        (["train.amp=fp8"], "train.amp: 'fp8' is not one of"),
+        (["train.batch_size=2.5"], "train.batch_size: expected an integer"),
+        (["train.lr"], "must look like section.key=value"),
+    ],
+)
+def test_bad_keys_and_values_are_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("ssd_tiny_shapes", overrides)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(FileNotFoundError, match="presets"):
+        load_config("no_such_preset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n")
+    with pytest.raises(ValueError, match="top level must be a mapping"):
+        load_config(top)
