@@ -1,0 +1,98 @@
+"""Composition from a config: datasets, the model, the optimizer. The only place configs are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from multibox.config import DataConfig, ModelConfig, TrainConfig
+
+__all__ = ["build_dataset", "build_model", "build_optimizer", "model_from_checkpoint", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def build_dataset(cfg: DataConfig, split: str, image_size: int | tuple[int, int] | None = None) -> Any:
+    """The raw dataset (uint8 images, pixel boxes) of ``split`` (``train`` or ``val``).
+
+    Raises:
+        ValueError: a required path of the config is missing (the message names the key to set).
+    """
+    from multibox import data
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if cfg.kind == "shapes":
+        n = cfg.shapes_train if split == "train" else cfg.shapes_val
+        seed = cfg.shapes_seed if split == "train" else cfg.shapes_seed + 1_000_003
+        size = image_size if image_size is not None else 128
+        return data.ShapesDataset(num_images=n, image_size=size, seed=seed)
+    if cfg.kind == "voc":
+        if not cfg.root:
+            raise ValueError("data.root is not set: pass --set data.root=/path/to/VOCdevkit/VOC2007")
+        return data.VOCDetection(
+            cfg.root,
+            split=cfg.train_split if split == "train" else cfg.val_split,
+            classes=cfg.classes,
+            keep_difficult=cfg.keep_difficult or split == "val",
+        )
+    images = cfg.train_images if split == "train" else cfg.val_images
+    ann = cfg.train_annotations if split == "train" else cfg.val_annotations
+    if not images or not ann:
+        raise ValueError(f"data.{split}_images and data.{split}_annotations must be set for a COCO dataset")
+    return data.COCODetection(images, ann)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The network of ``cfg`` for ``num_classes`` (background included)."""
+    from multibox.models import create_model
+    from multibox.priors import PRIOR_PRESETS
+
+    kwargs: dict[str, Any] = dict(cfg.kwargs)
+    kwargs["image_size"] = cfg.image_size
+    if cfg.priors is not None:
+        if cfg.priors not in PRIOR_PRESETS:
+            raise ValueError(f"model.priors {cfg.priors!r} is not one of {sorted(PRIOR_PRESETS)}")
+        kwargs["prior_spec"] = PRIOR_PRESETS[cfg.priors]
+    return create_model(cfg.name, num_classes, **kwargs)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from a checkpoint written by :func:`multibox.train` and load its weights."""
+    from multibox.models import create_model
+    from multibox.priors import PriorSpec
+
+    if "model_args" not in ckpt or "model" not in ckpt:
+        raise ValueError("not a multibox checkpoint: it has no 'model_args'/'model' entries (convert it first)")
+    args = dict(ckpt["model_args"])
+    kwargs = dict(args.get("kwargs", {}))
+    if "prior_spec" in kwargs and isinstance(kwargs["prior_spec"], dict):
+        kwargs["prior_spec"] = PriorSpec(**kwargs["prior_spec"])
+    model = create_model(args["name"], args["num_classes"], **kwargs)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit {args['name']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; with ``no_decay_bias_norm`` biases and 1-d (norm/L2Norm) weights get no weight decay."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if cfg.no_decay_bias_norm and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

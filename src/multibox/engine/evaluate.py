@@ -1,0 +1,164 @@
+"""Inference over a dataset and its evaluation (VOC07 11-point, VOC2010+ area, COCO)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from multibox.postprocess import postprocess
+from multibox.structures import Detections
+
+__all__ = ["EvalOutput", "evaluate", "predict_dataset", "scale_detections"]
+
+
+def scale_detections(det: Detections, height: int, width: int) -> Detections:
+    """Detections with boxes in [0, 1] to boxes in pixels of an image of ``height x width``."""
+    scale = torch.tensor([width, height, width, height], dtype=det.boxes.dtype, device=det.boxes.device)
+    return Detections(det.boxes * scale, det.scores, det.labels)
+
+
+class _EvalItems(Dataset):
+    def __init__(self, dataset: Dataset, transform: Any) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any], int]:
+        image, target = self.dataset[i]
+        h, w = image.shape[-2:]
+        x, _, _ = self.transform(image, target["boxes"], target["labels"], None)
+        return x, target, (int(h), int(w))
+
+
+def _collate(batch: list[Any]) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]]:
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch], [b[2] for b in batch]
+
+
+@torch.inference_mode()
+def predict_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    amp: str = "none",
+    channels_last: bool = False,
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    pre_nms_top_k: int = 200,
+    top_k: int = 200,
+) -> tuple[list[Detections], list[dict[str, Any]], float]:
+    """Run the model over a dataset.
+
+    Returns:
+        ``(detections, targets, seconds)``: per image, detections with boxes in the image's original pixels,
+        the dataset's raw targets (pixel boxes, labels, ``difficult`` when present), and the wall time.
+    """
+    from multibox.data import eval_transform
+    from multibox.engine.train import autocast_context
+
+    device = torch.device(device)
+    pre = model.preprocess
+    items = _EvalItems(dataset, eval_transform(pre.image_size, pre.mean, pre.std))
+    loader = DataLoader(items, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    model.eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    priors = model.priors.to(device)
+    dets: list[Detections] = []
+    targets: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for images, tgts, sizes in loader:
+        images = images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, amp):
+            pred = model(images)
+        out = postprocess(
+            pred,
+            priors,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            pre_nms_top_k=pre_nms_top_k,
+            top_k=top_k,
+        )
+        for d, (h, w) in zip(out, sizes, strict=True):
+            dets.append(Detections(*(t.cpu() for t in scale_detections(d, h, w))))
+        targets += tgts
+    return dets, targets, time.perf_counter() - t0
+
+
+class EvalOutput(dict):
+    """``dict`` of metric names to values, with the raw result object under ``.result``."""
+
+    result: Any = None
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    metric: str = "voc07",
+    iou_threshold: float = 0.5,
+    class_names: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    **predict_kwargs: Any,
+) -> EvalOutput:
+    """Evaluate ``model`` on ``dataset``.
+
+    Args:
+        model: an SSD (its ``preprocess`` says how to prepare images).
+        dataset: items ``(uint8 image, {"boxes" (pixels), "labels", optional "difficult"/"iscrowd"})``.
+        metric: ``voc07`` (11-point AP, as ssd.pytorch reports), ``voc`` (area AP, VOC2010+) or ``coco``.
+        iou_threshold: the VOC metrics' IoU (the devkit counts a match when IoU exceeds it).
+        class_names: foreground names for the per-class table (default: ``dataset.classes``).
+        out_dir: if given, writes ``metrics.json`` (and ``pr_curves.png`` for VOC metrics).
+        **predict_kwargs: passed to :func:`predict_dataset` (batch_size, device, score_thresh, ...).
+
+    Returns:
+        ``{"mAP": ..., "AP/<class>": ..., "images": n, "seconds": t}`` for VOC; the 12 COCO stats for COCO.
+    """
+    from multibox import metrics
+
+    class_names = list(class_names if class_names is not None else getattr(dataset, "classes", []))
+    dets, targets, seconds = predict_dataset(model, dataset, **predict_kwargs)
+    out = EvalOutput()
+    if metric in ("voc07", "voc"):
+        gts = [
+            {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "difficult": t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool)),
+            }
+            for t in targets
+        ]
+        result = metrics.voc_ap(dets, gts, iou_threshold=iou_threshold, use_07_metric=metric == "voc07")
+        out.update(result.as_dict(class_names or None))
+        out.result = result
+    elif metric == "coco":
+        result = metrics.coco_evaluate(dets, targets)
+        out.update(result)
+        out.result = result
+    else:
+        raise ValueError(f"unknown metric {metric!r}; use 'voc07', 'voc' or 'coco'")
+    out["images"] = len(targets)
+    out["seconds"] = seconds
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+        (out_dir / "metrics.json").write_text(json.dumps({"metric": metric, **clean}, indent=2))
+        if metric != "coco":
+            metrics.plot_pr_curves(out.result, class_names or None, out_dir / "pr_curves.png")
+    return out
