@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from multibox import Detections
-from multibox.metrics import VOCResult, average_precision, voc_ap
+from multibox.metrics import VOCResult, average_precision, plot_pr_curves, voc_ap
 
 
 def dets(boxes: list[list[float]], scores: list[float], labels: list[int] | None = None) -> Detections:
@@ -221,6 +222,23 @@ def test_accepts_numpy_lists_and_attribute_objects() -> None:
 def test_bad_input_errors_name_the_problem(detections: list, gts: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         voc_ap(detections, gts, num_classes=3)
+
+
+def test_plot_pr_curves_writes_a_png(tmp_path: Path) -> None:
+    detections, gts = hand_case()
+    detections.append(dets([A1], [0.4], [2]))  # class 2: detections but no GT (NaN, not drawn)
+    gts.append(gt([A2], [3]))  # class 3: GT, no detections (AP 0, an empty curve)
+    with pytest.warns(UserWarning):
+        result = voc_ap(detections, gts, num_classes=5)
+    path = plot_pr_curves(result, ["cat", "dog", "bird", "fish"], tmp_path / "plots" / "pr.png")
+    assert path == tmp_path / "plots" / "pr.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    # Mapping names and an all-empty result work too.
+    assert plot_pr_curves(result, {1: "cat"}, tmp_path / "b.png").stat().st_size > 0
+    assert plot_pr_curves(voc_ap([], []), None, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no background entry"):
+        plot_pr_curves(result, ["cat"], tmp_path / "d.png")
 
 
 # ----------------------------------------------------------------------------------------- average_precision
