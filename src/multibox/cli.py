@@ -1,0 +1,207 @@
+"""``multibox`` command line: thin adapters, one library function per verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+EXAMPLES = {
+    "demo": "example:\n  multibox demo                      # ~5 CPU minutes, writes runs/demo/\n"
+    "  multibox demo --iters 200 --out /tmp/demo",
+    "train": "example:\n  multibox train ssd_tiny_shapes --set train.max_iters=300 --set train.out_dir=runs/t\n"
+    "  multibox train ssd300_vgg16_voc --set data.root=VOCdevkit/VOC2007 --resume auto",
+    "eval": "example:\n  multibox eval --weights runs/demo/last.pt\n"
+    "  multibox eval --weights last.pt --config ssd300_vgg16_voc --set data.root=VOC2007 --metric voc",
+    "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect",
+    "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
+    "scan": "example:\n  multibox scan ../shared/data/cards --split train",
+}
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=EXAMPLES.get(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    p = argparse.ArgumentParser(prog="multibox", description="Single Shot MultiBox Detectors in plain PyTorch.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    d = _parser(sub, "demo", "train ssd_tiny on synthetic shapes on the CPU, evaluate it and draw detections")
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--iters", type=int, default=None, help="training steps (default: the preset's)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--no-progress", action="store_true")
+
+    t = _parser(sub, "train", "train a detector from a preset name or YAML config")
+    t.add_argument("config", help="preset name (multibox.config.list_presets()) or YAML path")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' (out_dir/last.pt)")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = _parser(sub, "eval", "evaluate a checkpoint (VOC07 11-point, VOC area or COCO AP)")
+    e.add_argument("--weights", required=True)
+    e.add_argument("--config", default=None, help="preset/YAML for the data (default: the checkpoint's config)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--metric", choices=["voc07", "voc", "coco"], default=None)
+    e.add_argument("--out", default=None, help="folder for metrics.json and pr_curves.png")
+    e.add_argument("--device", default="auto")
+
+    det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
+    det.add_argument("inputs", nargs="+", help="image files and/or folders")
+    det.add_argument("--weights", required=True)
+    det.add_argument("--out", default="runs/detect")
+    det.add_argument("--score", type=float, default=0.3, help="lowest score reported (default 0.3)")
+    det.add_argument("--batch-size", type=int, default=8)
+    det.add_argument("--device", default="auto")
+
+    i = _parser(sub, "info", "parameters, priors, feature maps and FLOPs of a registered model")
+    i.add_argument("model")
+    i.add_argument("--num-classes", type=int, default=21)
+    i.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]")
+
+    s = _parser(sub, "scan", "check a VOC dataset and report every problem at once")
+    s.add_argument("root")
+    s.add_argument("--split", default=None, help="split name (default: every annotation file)")
+    return p
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from multibox.engine.demo import run_demo
+
+    s = run_demo(a.out, max_iters=a.iters, overrides=tuple(a.overrides), progress=not a.no_progress)
+    print(
+        f"demo: VOC07 mAP@0.5 = {s['mAP_voc07']:.4f} (area AP {s['mAP_area']:.4f}) on {s['val_images']} held-out images"
+    )
+    print(f"      trained {s['train_steps']} steps in {s['train_seconds']} s ({s['train_images_per_second']} img/s)")
+    for key in ("checkpoint", "metrics", "pr_curves", "detections"):
+        print(f"      {key:<11} {s[key]}")
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from multibox.config import load_config
+    from multibox.engine.train import train
+
+    r = train(load_config(a.config, a.overrides), resume=a.resume, progress=not a.no_progress)
+    print(
+        f"trained to step {r.step}; checkpoint: {r.checkpoint}; last loss {r.last_loss.get('loss', float('nan')):.4f}"
+    )
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from multibox.config import config_from_dict, load_config
+    from multibox.engine.builders import build_dataset, model_from_checkpoint, resolve_device
+    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.evaluate import evaluate
+
+    ckpt = load_checkpoint(a.weights)
+    if a.config is not None:
+        cfg = load_config(a.config, a.overrides)
+    elif "config" in ckpt:
+        cfg = config_from_dict(ckpt["config"])
+        if a.overrides:
+            from multibox.config import config_to_dict
+
+            cfg = load_config(None, [*_flatten(config_to_dict(cfg)), *a.overrides])
+    else:
+        raise SystemExit(f"{a.weights} holds no config; pass --config")
+    model = model_from_checkpoint(ckpt)
+    data = build_dataset(cfg.data, "val", cfg.model.image_size)
+    ev = cfg.eval
+    out = evaluate(
+        model,
+        data,
+        metric=a.metric or ev.metric,
+        iou_threshold=ev.iou_threshold,
+        out_dir=a.out,
+        batch_size=ev.batch_size,
+        score_thresh=ev.score_thresh,
+        nms_thresh=ev.nms_thresh,
+        pre_nms_top_k=ev.pre_nms_top_k,
+        top_k=ev.top_k,
+        device=resolve_device(a.device),
+    )
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    items = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "kwargs":
+            items += _flatten(v, key + ".")
+        else:
+            items.append(f"{key}={json.dumps(v)}")
+    return items
+
+
+def _cmd_detect(a: argparse.Namespace) -> int:
+    from multibox.engine.inference import detect
+
+    results = detect(a.weights, a.inputs, out_dir=a.out, batch_size=a.batch_size, score_thresh=a.score, device=a.device)
+    n = sum(len(r["detections"]) for r in results)
+    print(f"{n} detections in {len(results)} images; written to {a.out}/detections.json and {a.out}/*_det.jpg")
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from multibox.engine.inference import model_info
+    from multibox.models import create_model
+
+    kwargs = {}
+    if a.image_size:
+        kwargs["image_size"] = tuple(a.image_size) if len(a.image_size) == 2 else a.image_size[0]
+    info = model_info(create_model(a.model, a.num_classes, **kwargs))
+    print(f"model         {a.model}")
+    print(f"num_classes   {info['num_classes']} (incl. background)")
+    print(f"image_size    {info['image_size'][0]}x{info['image_size'][1]}")
+    print(f"parameters    {info['parameters']:,}")
+    print(f"priors        {info['priors']}")
+    print(f"feature_maps  {' '.join(f'{h}x{w}' for h, w in info['feature_maps'])}")
+    print(f"GFLOPs        {info['gflops']:.2f} (per image, 2 x multiply-adds)")
+    return 0
+
+
+def _cmd_scan(a: argparse.Namespace) -> int:
+    from multibox.data import scan_dataset
+
+    report = scan_dataset(a.root, split=a.split)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``multibox`` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "demo": _cmd_demo,
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "detect": _cmd_detect,
+        "info": _cmd_info,
+        "scan": _cmd_scan,
+    }
+    try:
+        return handlers[args.verb](args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"multibox {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
