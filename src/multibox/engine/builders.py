@@ -68,20 +68,20 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from a checkpoint written by :func:`multibox.train` and load its weights."""
-    from multibox.models import create_model
-    from multibox.priors import PriorSpec
+    """Rebuild a model from a checkpoint written by :func:`multibox.train` and load its weights.
+
+    Raises:
+        ValueError: the checkpoint is not a multibox checkpoint, or its weights do not fit the model it names.
+    """
+    from multibox.models import create_model_from_config
 
     if "model_args" not in ckpt or "model" not in ckpt:
         raise ValueError("not a multibox checkpoint: it has no 'model_args'/'model' entries (convert it first)")
-    args = dict(ckpt["model_args"])
-    kwargs = dict(args.get("kwargs", {}))
-    if "prior_spec" in kwargs and isinstance(kwargs["prior_spec"], dict):
-        kwargs["prior_spec"] = PriorSpec(**kwargs["prior_spec"])
-    model = create_model(args["name"], args["num_classes"], **kwargs)
+    model = create_model_from_config(ckpt["model_args"])
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit {args['name']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        name = ckpt["model_args"].get("name")
+        raise ValueError(f"checkpoint does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
 
 

@@ -6,7 +6,6 @@ DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 logs and writes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -48,12 +47,8 @@ class TrainResult:
 
 
 def model_args(model: nn.Module) -> dict[str, Any]:
-    """The model's build arguments as plain values (dataclasses turned into dicts) for a safe checkpoint."""
-    args = model.config_dict()
-    kwargs = {}
-    for k, v in args.get("kwargs", {}).items():
-        kwargs[k] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-    return {**args, "kwargs": kwargs}
+    """The model's build arguments as plain values (``model.config_dict()``), for a safe checkpoint."""
+    return model.config_dict()
 
 
 def autocast_context(device: torch.device, amp: str) -> Any:
