@@ -1,0 +1,84 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multibox.cli import EXAMPLES, build_parser, main
+
+VERBS = ["demo", "train", "eval", "detect", "info", "scan"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_each_verb_help_shows_an_example(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"multibox {verb}" in out
+    assert verb in EXAMPLES
+
+
+def test_every_verb_is_documented():
+    sub = next(a for a in build_parser()._actions if a.dest == "verb")
+    assert sorted(sub.choices) == sorted(VERBS)
+
+
+def test_info_prints_the_ssd300_numbers(capsys):
+    assert main(["info", "ssd300_vgg16", "--num-classes", "21"]) == 0
+    out = capsys.readouterr().out
+    assert "priors        8732" in out and "38x38 19x19 10x10 5x5 3x3 1x1" in out
+    assert "parameters    26,285,486" in out
+
+
+def test_train_eval_detect_smoke(tmp_path, capsys):
+    sets = {
+        "model.image_size": 64,
+        "model.kwargs": {"width": 4},
+        "data.shapes_train": 8,
+        "data.shapes_val": 4,
+        "data.num_workers": 0,
+        "train.batch_size": 4,
+        "train.max_iters": 1,
+        "train.out_dir": str(tmp_path / "run"),
+    }
+    args = ["train", "ssd_tiny_shapes", "--no-progress"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={json.dumps(v)}"]
+    assert main(args) == 0
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
+    assert "mAP" in capsys.readouterr().out
+    from PIL import Image
+
+    Image.new("RGB", (50, 40), (90, 120, 30)).save(tmp_path / "a.jpg")
+    assert (
+        main(
+            [
+                "detect",
+                str(tmp_path / "a.jpg"),
+                "--weights",
+                str(tmp_path / "run" / "last.pt"),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "d" / "detections.json").read_text())[0]["width"] == 50
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    assert main(["detect", str(tmp_path / "missing.jpg"), "--weights", str(tmp_path / "w.pt")]) == 2
+    assert "error" in capsys.readouterr().err
+    assert main(["train", "no_such_preset"]) == 2
+    assert main(["info", "no_such_model"]) == 2
+
+
+def test_python_m_multibox_runs():
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "multibox", "--help"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and "demo" in proc.stdout
