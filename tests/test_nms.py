@@ -68,3 +68,21 @@ def test_nms_padded_ignores_invalid_candidates():
     valid = torch.tensor([[False, True, True]])  # the invalid best box must not suppress the others
     assert nms_padded(boxes, valid, 0.5).tolist() == [[False, True, False]]
     assert nms_padded(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), 0.5).shape == (2, 0)
+
+
+def test_nms_padded_groups_of_mixed_lengths_equal_per_group_loop():
+    # Groups whose valid prefixes fall into different internal buckets (1, 5, 20, 60, 150 candidates).
+    g = torch.Generator().manual_seed(11)
+    lengths = [1, 5, 20, 60, 150, 0]
+    k = 150
+    boxes = torch.stack([random_boxes(k, g) for _ in lengths])
+    valid = torch.zeros(len(lengths), k, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        valid[i, :n] = True
+    valid[3, 7] = False  # a hole inside a prefix
+    keep = nms_padded(boxes, valid, 0.4)
+    for i in range(len(lengths)):
+        members = valid[i].nonzero().squeeze(1)
+        scores = -members.float()  # sorted order = index order
+        expected = members[greedy_reference(boxes[i][members], scores, 0.4)].tolist()
+        assert keep[i].nonzero().squeeze(1).tolist() == sorted(expected)

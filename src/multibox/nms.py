@@ -58,8 +58,32 @@ def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     if k == 0 or valid.numel() == 0:
         return valid.clone()
     lead = boxes.shape[:-2]
-    keep = valid.reshape(-1, k).clone()  # (..., K) -> (N, K)
-    sup = suppression_matrix(boxes.reshape(-1, k, 4), iou_threshold)  # (N, K, K)
+    boxes = boxes.reshape(-1, k, 4)  # (..., K, 4) -> (N, K, 4)
+    valid = valid.reshape(-1, k)  # (..., K) -> (N, K)
+    # Effective length of each group: one past its last valid candidate. Groups are solved in buckets of similar
+    # length, so the work is about sum(k_g^2) rather than N * K^2 when a few groups are long and most are short.
+    length = (valid * torch.arange(1, k + 1, device=valid.device)).amax(1)  # (N,)
+    keep = torch.zeros_like(valid)
+    lo = 0
+    for hi in _BUCKETS + (k,):
+        hi = min(hi, k)
+        if hi <= lo:
+            continue
+        rows = ((length > lo) & (length <= hi)).nonzero().squeeze(1)
+        if rows.numel():
+            keep[rows, :hi] = _nms_dense(boxes[rows, :hi], valid[rows, :hi], iou_threshold)
+        lo = hi
+    return keep.reshape(*lead, k)
+
+
+_BUCKETS = (8, 32, 96)
+
+
+def _nms_dense(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """:func:`nms_padded` on ``boxes Tensor[N, K, 4]``, ``valid Tensor[N, K]`` without bucketing."""
+    k = boxes.shape[1]
+    keep = valid.clone()
+    sup = suppression_matrix(boxes, iou_threshold)  # (N, K, K)
     sup &= keep[:, None, :]  # invalid candidates suppress nothing
     # Only groups with at least one possible suppression need sweeps.
     active = sup.flatten(1).any(1).nonzero().squeeze(1)
@@ -72,7 +96,7 @@ def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
                 break
             cur = nxt
         keep[active] = cur
-    return keep.reshape(*lead, k)
+    return keep
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
