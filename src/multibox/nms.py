@@ -65,7 +65,7 @@ def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     length = (valid * torch.arange(1, k + 1, device=valid.device)).amax(1)  # (N,)
     keep = torch.zeros_like(valid)
     lo = 0
-    for hi in _BUCKETS + (k,):
+    for hi in (*_BUCKETS, k):
         hi = min(hi, k)
         if hi <= lo:
             continue
