@@ -448,6 +448,16 @@ def test_measure_feature_maps_on_a_custom_backbone() -> None:
         measure_feature_maps(_TwoMaps(), (1, 7))
 
 
+class _Broken(nn.Module):
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [x @ torch.ones(5, 5, device=x.device)]  # wrong for any width but 5
+
+
+def test_a_broken_backbone_is_not_reported_as_a_too_small_input() -> None:
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        measure_feature_maps(_Broken(), (8, 8))
+
+
 # ------------------------------------------------------------------------------------- preprocess and config
 
 

@@ -231,11 +231,13 @@ def measure_feature_maps(
         shapes = _shapes(backbone, hw, meta=False)
     if shapes is None:
         smallest = min_input_size(backbone)
-        need = f"each side must be at least {smallest} pixels" if smallest else "no input size up to 8192 works"
+        if smallest is None or min(hw) >= smallest:  # not a size problem: let the backbone's own error speak
+            maps = _probe(backbone, hw, meta=False)
+            raise ValueError(f"the backbone returned empty source maps {[tuple(t.shape) for t in maps]} at {hw}")
         what = f"{name} ({type(backbone).__name__})" if name else type(backbone).__name__
         raise ValueError(
             f"input size {hw[0]}x{hw[1]} (HxW) is too small for {what}: some source feature map "
-            f"would be smaller than 1x1; {need}"
+            f"would be smaller than 1x1; each side must be at least {smallest} pixels"
         )
     return [(h, w) for _, h, w in shapes], [c for c, _, _ in shapes]
 
