@@ -1,0 +1,18 @@
+"""SSD models: the meta-architecture, backbones and the registry of builders.
+
+Importing this package registers the builders (``ssd300_vgg16``, ``ssd512_vgg16``, ``ssd_tiny``).
+"""
+
+from multibox.models import tiny, vgg  # noqa: F401  (registers the builders)
+from multibox.models.ssd import SSD, MultiboxHead, Preprocess
+from multibox.models.zoo import create_model, create_model_from_config, list_models, register_model
+
+__all__ = [
+    "SSD",
+    "MultiboxHead",
+    "Preprocess",
+    "create_model",
+    "create_model_from_config",
+    "list_models",
+    "register_model",
+]
