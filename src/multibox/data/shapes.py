@@ -160,11 +160,16 @@ class ShapesDataset(Dataset):
     def image_id(self, index: int) -> str:
         return f"shapes{self.seed}_{index:06d}"
 
-    def generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def generate(self, index: int, return_coverage: bool = False) -> tuple[np.ndarray, ...]:
         """Draw image ``index``.
 
+        Args:
+            index: the image index.
+            return_coverage: also return each object's visible coverage (for checking the boxes).
+
         Returns:
-            ``(image (H, W, 3) uint8, boxes (N, 4) float32 xyxy pixels, labels (N,) int64 in 1..3)``.
+            ``(image (H, W, 3) uint8, boxes (N, 4) float32 xyxy pixels, labels (N,) int64 in 1..3)``, and with
+            ``return_coverage`` ``coverage (N, H, W) float32`` in [0, 1].
         """
         h, w = self.image_size
         rng = np.random.default_rng([self.seed, index])
@@ -195,7 +200,7 @@ class ShapesDataset(Dataset):
         visible.reverse()
         far = np.linalg.norm(_SHAPE_COLOURS - bg_mean, axis=1) > 90  # colours that stand out from the background
         choices = np.flatnonzero(far) if far.any() else np.arange(len(_SHAPE_COLOURS))
-        classes, boxes = [], []
+        classes, boxes, coverage = [], [], []
         for (cls, _, (alpha, x0, y0)), seen in zip(placed, visible, strict=True):  # back to front
             colour = _SHAPE_COLOURS[int(rng.choice(choices))] + rng.normal(0, 8, size=3).astype(np.float32)
             region = img[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]]
@@ -205,13 +210,20 @@ class ShapesDataset(Dataset):
                 continue
             classes.append(cls + 1)
             boxes.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
+            if return_coverage:
+                full = np.zeros((h, w), dtype=np.float32)
+                full[y0 : y0 + seen.shape[0], x0 : x0 + seen.shape[1]] = seen
+                coverage.append(full)
         noise = rng.standard_normal((h, w, 3), dtype=np.float32) * float(rng.uniform(3, 12))
         image = np.clip(img + noise, 0, 255).round().astype(np.uint8)
-        return (
+        out = (
             image,
             np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             np.asarray(classes, dtype=np.int64).reshape(-1),
         )
+        if return_coverage:
+            return (*out, np.asarray(coverage, dtype=np.float32).reshape(-1, h, w))
+        return out
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         if not 0 <= index < self.num_images:

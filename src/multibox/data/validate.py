@@ -165,7 +165,7 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
             return
     listing = {name.lower(): name for name in os.listdir(img_dir)}
     known = set(classes) if classes is not None else None
-    used_images, boxes_of = [], {}
+    used_images, boxes_of, referenced = [], {}, set()
     for image_id in ids:
         file = ann_dir / f"{image_id}.xml"
         if not file.is_file():
@@ -186,6 +186,7 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
                 Issue("missing_image", str(file), f"image {ann.filename or image_id!r} not found", 1, "error")
             )
             continue
+        referenced.add(path.name)
         try:
             info = probe_image(path)
         except OSError as exc:
@@ -223,7 +224,6 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
         report.class_counts.update(n for n, k in zip(ann.names, check.keep.tolist(), strict=True) if k)
         used_images.append(path)
         boxes_of[path] = kept
-    referenced = {p.name for p in used_images}
     if split is None:
         for name in sorted(listing.values()):
             if name not in referenced and Path(name).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
