@@ -1,0 +1,60 @@
+"""Detection data: dataset readers (VOC, COCO, synthetic shapes), validation, SSD augmentation and loading.
+
+Items everywhere are ``(image uint8 Tensor[3, H, W] RGB, target dict)`` with ``target["boxes"]``
+``Tensor[N, 4]`` float32 xyxy in pixels and ``target["labels"]`` ``Tensor[N]`` int64 in ``1..K``
+(0 is the background). The transforms turn them into normalised images and [0, 1] boxes.
+"""
+
+from multibox.data.checks import DatasetError, DatasetWarning, Issue
+from multibox.data.coco import COCODetection
+from multibox.data.image_io import read_image
+from multibox.data.loader import apply_transform, build_loader, collate, sample_seed, seed_worker
+from multibox.data.shapes import SHAPE_CLASSES, ShapesDataset, write_voc
+from multibox.data.transforms import (
+    Compose,
+    Expand,
+    HorizontalFlip,
+    LimitSize,
+    MinIoURandomCrop,
+    Normalize,
+    PhotometricDistort,
+    Resize,
+    ToFloat,
+    ToRelative,
+    eval_transform,
+    train_transform,
+)
+from multibox.data.validate import ScanReport, scan_dataset
+from multibox.data.voc import VOC_CLASSES, VOCDetection
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "VOC_CLASSES",
+    "COCODetection",
+    "Compose",
+    "DatasetError",
+    "DatasetWarning",
+    "Expand",
+    "HorizontalFlip",
+    "Issue",
+    "LimitSize",
+    "MinIoURandomCrop",
+    "Normalize",
+    "PhotometricDistort",
+    "Resize",
+    "ScanReport",
+    "ShapesDataset",
+    "ToFloat",
+    "ToRelative",
+    "VOCDetection",
+    "apply_transform",
+    "build_loader",
+    "collate",
+    "eval_transform",
+    "read_image",
+    "sample_seed",
+    "scan_dataset",
+    "seed_worker",
+    "train_transform",
+    "write_voc",
+]

@@ -1,0 +1,237 @@
+"""COCO-format reader (one JSON file with ``images``, ``annotations``, ``categories``; a folder of images).
+
+COCO boxes are ``[x, y, width, height]`` in continuous pixel coordinates (no 1-based offset), so the xyxy box is
+``[x, y, x + width, y + height]``. Categories are sorted by id and numbered ``1..K`` (0 is the background);
+:meth:`COCODetection.category_ids` turns predicted labels back into COCO ids for a results file.
+
+Crowd regions (``iscrowd: 1``) are not objects to detect: they are left out of the targets unless
+``include_crowd=True`` (for evaluation, where detections on them are ignored, like VOC's ``difficult``). Images
+without annotations are kept: they are valid negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes
+from multibox.data.image_io import ExifPolicy, decode_image, orient_boxes, probe_image, resolve_orientation
+
+__all__ = ["COCODetection", "load_coco_json"]
+
+
+def _require(entry: Any, keys: tuple[str, ...], file: Path, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{file}: {where} is not a JSON object")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise DatasetError(f"{file}: {where} is missing key(s) {missing}")
+
+
+def load_coco_json(path: str | Path) -> dict[str, Any]:
+    """Load and structurally check a COCO annotation file.
+
+    ``images`` (each with ``id``, ``file_name``, ``width``, ``height``) and ``categories`` (``id``, ``name``) are
+    required; ``annotations`` (``image_id``, ``category_id``, ``bbox`` of 4 numbers) may be absent (image-info
+    files). Annotations must refer to listed images and categories.
+
+    Raises:
+        DatasetError: the file is unreadable, not JSON, or not COCO-shaped; the message names the file and the entry.
+    """
+    file = Path(path)
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{file}: malformed JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{file}: cannot read annotation file: {exc}") from exc
+    _require(data, ("images", "categories"), file, "the top level")
+    data.setdefault("annotations", [])
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{file}: {key!r} must be a list, got {type(data[key]).__name__}")
+    for k, img in enumerate(data["images"]):
+        _require(img, ("id", "file_name", "width", "height"), file, f"images[{k}]")
+    for k, cat in enumerate(data["categories"]):
+        _require(cat, ("id", "name"), file, f"categories[{k}]")
+    image_ids = {img["id"] for img in data["images"]}
+    if len(image_ids) != len(data["images"]):
+        raise DatasetError(f"{file}: duplicate image ids in 'images'")
+    cat_ids = {cat["id"] for cat in data["categories"]}
+    if len(cat_ids) != len(data["categories"]):
+        raise DatasetError(f"{file}: duplicate category ids in 'categories'")
+    for k, ann in enumerate(data["annotations"]):
+        where = f"annotations[{k}]"
+        _require(ann, ("image_id", "category_id", "bbox"), file, where)
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+            raise DatasetError(f"{file}: {where} 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
+        if ann["image_id"] not in image_ids:
+            raise DatasetError(f"{file}: {where} refers to image id {ann['image_id']!r}, which is not in 'images'")
+        if ann["category_id"] not in cat_ids:
+            raise DatasetError(
+                f"{file}: {where} refers to category id {ann['category_id']!r}, which is not in 'categories'"
+            )
+    return data
+
+
+@dataclass(frozen=True)
+class _Record:
+    image_id: int
+    image_path: Path
+    size: tuple[int, int]  # (width, height) stated in the JSON
+    boxes: Tensor  # (N, 4) float32 xyxy pixels
+    labels: Tensor  # (N,) int64
+    iscrowd: Tensor  # (N,) bool
+
+
+class COCODetection(torch.utils.data.Dataset):
+    """A detection dataset in COCO format.
+
+    Items are ``(image, target)``: an upright RGB ``uint8`` ``Tensor[3, H, W]`` and a dict
+
+    - ``"boxes"``: ``Tensor[N, 4]`` float32 xyxy in continuous pixels,
+    - ``"labels"``: ``Tensor[N]`` int64 in ``1..K`` (``classes[label - 1]``),
+    - ``"iscrowd"``: ``Tensor[N]`` bool (all False unless ``include_crowd``),
+    - ``"image_id"``: the COCO image id (``int``),
+    - ``"orig_size"``: ``Tensor[2]`` int64 ``(H, W)``.
+
+    Args:
+        images_dir: the folder the ``file_name`` entries are relative to.
+        annotation_json: the COCO annotation file.
+        include_crowd: keep ``iscrowd`` regions in the targets (flagged in ``"iscrowd"``), for evaluation.
+        on_error: ``"raise"`` on a missing image, or ``"skip"`` the image and report it in the warning. A malformed
+            JSON file always raises.
+        exif: how boxes relate to EXIF-rotated images (see :mod:`multibox.data.image_io`); resolved when an item
+            is read, since probing every header of a large set up front would be slow.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotation_json: str | Path,
+        include_crowd: bool = False,
+        on_error: OnError = "raise",
+        exif: ExifPolicy = "auto",
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.images_dir = Path(images_dir)
+        self.annotation_json = Path(annotation_json)
+        self.include_crowd = include_crowd
+        self.exif: ExifPolicy = exif
+        data = load_coco_json(self.annotation_json)
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        self.classes: tuple[str, ...] = tuple(str(c["name"]) for c in categories)
+        self.category_id_to_label: dict[int, int] = {c["id"]: k + 1 for k, c in enumerate(categories)}
+        self.label_to_category_id: dict[int, int] = {k: cid for cid, k in self.category_id_to_label.items()}
+        self._label_to_cat = torch.tensor([0] + [c["id"] for c in categories], dtype=torch.int64)
+
+        per_image: dict[Any, list[dict[str, Any]]] = {img["id"]: [] for img in data["images"]}
+        for ann in data["annotations"]:
+            per_image[ann["image_id"]].append(ann)
+        try:
+            listing = set(os.listdir(self.images_dir))
+        except OSError as exc:
+            raise DatasetError(f"{self.images_dir}: cannot list the images folder: {exc}") from exc
+        self.log = IssueLog()
+        self._records: list[_Record] = []
+        self._upright_cache: dict[int, tuple[Tensor, tuple[int, int]]] = {}
+        for img in sorted(data["images"], key=lambda i: i["id"]):
+            path = self.images_dir / img["file_name"]
+            if img["file_name"] not in listing and not path.is_file():
+                message = f"{self.annotation_json}: image {img['file_name']!r} (id {img['id']}) "
+                message += f"not found in {self.images_dir}"
+                if on_error == "raise":
+                    raise DatasetError(message)
+                self.log.add(Issue("skipped_file", str(path), message, severity="error"))
+                continue
+            self._records.append(self._make_record(img, path, per_image[img["id"]]))
+        self.log.warn(repr(self))
+
+    def _make_record(self, img: dict[str, Any], path: Path, anns: list[dict[str, Any]]) -> _Record:
+        size = (int(img["width"]), int(img["height"]))
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
+        boxes = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=1)  # (N, 4) xywh -> xyxy
+        degenerate = (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0)
+        check = check_boxes(boxes, *size, degenerate=degenerate)
+        self.log.extend(check.issues(f"{self.annotation_json} (image id {img['id']}, {img['file_name']})"))
+        crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
+        labels = torch.tensor([self.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
+        keep = check.keep if self.include_crowd else check.keep & ~crowd
+        return _Record(img["id"], path, size, check.boxes[keep], labels[keep], crowd[keep])
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def image_ids(self) -> list[int]:
+        """The COCO id of every item, in order (sorted by id)."""
+        return [r.image_id for r in self._records]
+
+    def image_path(self, index: int) -> Path:
+        """The image file of item ``index``."""
+        return self._records[index].image_path
+
+    def category_ids(self, labels: Tensor) -> Tensor:
+        """Map contiguous labels ``Tensor[...]`` (1..K) to COCO category ids, e.g. to write a results file."""
+        return self._label_to_cat[labels]
+
+    def labels_from_category_ids(self, category_ids: Tensor) -> Tensor:
+        """Map COCO category ids ``Tensor[...]`` to contiguous labels 1..K."""
+        return torch.tensor(
+            [self.category_id_to_label[int(c)] for c in category_ids.flatten()], dtype=torch.int64
+        ).reshape(category_ids.shape)
+
+    def _upright(self, index: int) -> tuple[Tensor, tuple[int, int]]:
+        """Boxes in the upright image and its ``(H, W)``, from the image header (cached)."""
+        if index not in self._upright_cache:
+            r = self._records[index]
+            try:
+                info = probe_image(r.image_path)
+            except OSError as exc:
+                raise DatasetError(str(exc)) from exc
+            boxes = r.boxes
+            if resolve_orientation(info, r.size, self.exif):
+                boxes = orient_boxes(boxes, info.orientation, info.stored_size)
+            self._upright_cache[index] = (boxes, (info.size[1], info.size[0]))
+        return self._upright_cache[index]
+
+    def get_target(self, index: int) -> dict[str, Any]:
+        """The target dict of item ``index`` without decoding its image (only its header is read, for EXIF)."""
+        return self._target(index, *self._upright(index))
+
+    def _target(self, index: int, boxes: Tensor, hw: tuple[int, int]) -> dict[str, Any]:
+        r = self._records[index]
+        return {
+            "boxes": boxes.clone(),
+            "labels": r.labels.clone(),
+            "iscrowd": r.iscrowd.clone(),
+            "image_id": r.image_id,
+            "orig_size": torch.tensor(hw, dtype=torch.int64),
+        }
+
+    def targets_only(self) -> list[dict[str, Any]]:
+        """Every item's target dict, in order, without decoding any image."""
+        return [self.get_target(i) for i in range(len(self))]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        r = self._records[index]
+        try:
+            image, info = decode_image(r.image_path)  # (3, H, W) uint8, upright
+        except OSError as exc:
+            raise DatasetError(str(exc)) from exc
+        boxes = r.boxes
+        if info.orientation != 1 and resolve_orientation(info, r.size, self.exif):
+            boxes = orient_boxes(boxes, info.orientation, info.stored_size)
+        return image, self._target(index, boxes, (image.shape[1], image.shape[2]))
+
+    def __repr__(self) -> str:
+        return f"COCODetection(images_dir={str(self.images_dir)!r}, images={len(self._records)})"
