@@ -51,3 +51,7 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
     top.write_text("- 1\n")
     with pytest.raises(ValueError, match="top level must be a mapping"):
         load_config(top)
+
+
+def test_exponent_floats_are_numbers():
+    assert load_config("ssd_tiny_shapes", ["train.lr=1e-3"]).train.lr == 0.001

@@ -89,16 +89,29 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
+class _Stop(Exception):
+    pass
+
+
 def test_resume_is_bit_identical(tmp_path):
     full = train(load_config("ssd_tiny_shapes", tiny_overrides(tmp_path / "full", steps=6)), progress=False)
-    part_cfg = load_config("ssd_tiny_shapes", tiny_overrides(tmp_path / "part", steps=6))
-    stop = load_config("ssd_tiny_shapes", tiny_overrides(tmp_path / "part", steps=4))
-    train(stop, progress=False)  # ends at step 4, as if stopped there
-    resumed = train(part_cfg, resume=tmp_path / "part" / "last.pt", progress=False)
+    cfg = load_config("ssd_tiny_shapes", tiny_overrides(tmp_path / "part", steps=6))
+
+    def stop_at_4(step, losses):
+        if step == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, progress=False, callbacks=[stop_at_4])  # checkpoint at step 4 (ckpt_every=2), then stops
+    at4 = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert at4["step"] == 4
+    resumed = train(cfg, resume=tmp_path / "part" / "last.pt", progress=False)
     assert resumed.step == 6
     a, b = weights(full.checkpoint), weights(resumed.checkpoint)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    # and the weights did change during training (the comparison is not between two untouched inits)
+    assert any(not torch.equal(at4["model"][k], b[k]) for k in b)
 
 
 def test_resume_after_killed_process_is_bit_identical(tmp_path):

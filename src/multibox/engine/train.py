@@ -265,13 +265,13 @@ def train(
                 losses = multibox_loss(pred, targets, priors)
                 if not torch.isfinite(losses["total"]):
                     raise NonFiniteLossError(
-                        f"non-finite loss at step {step} (loc={float(losses['loc'])}, conf={float(losses['conf'])}); "
+                        f"non-finite loss at step {step} (loc={float(losses['loc'].detach())}, "
+                        f"conf={float(losses['conf'].detach())}); "
                         f"images of the batch: {list(ids)}. Check these annotations (`multibox scan`) or lower train.lr"
                     )
                 scaler.scale(losses["total"] / tc.grad_accum).backward()
-                sums["loss"] += float(losses["total"]) / tc.grad_accum
-                sums["loc"] += float(losses["loc"]) / tc.grad_accum
-                sums["conf"] += float(losses["conf"]) / tc.grad_accum
+                for key, name in (("loss", "total"), ("loc", "loc"), ("conf", "conf")):
+                    sums[key] += float(losses[name].detach()) / tc.grad_accum
                 seen += images.shape[0] * world
             if tc.clip_grad_norm is not None:
                 scaler.unscale_(optimizer)
