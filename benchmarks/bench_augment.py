@@ -5,7 +5,8 @@ Measured on the synthetic shapes set (128x128 in, 128x128 out) and on the shared
 
 - ``augment``: ``train_transform`` alone on pre-decoded images, in this process (1 and 2 intra-op threads),
 - ``eval``: ``eval_transform`` alone,
-- ``loader``: ``build_loader(num_workers=2)`` end to end (decode + augment + collate), one thread per worker.
+- ``loader``: ``build_loader(num_workers=2, persistent_workers=True)`` end to end (decode or generate, augment,
+  collate; one thread per worker), one epoch of ``--loader-images`` images per run.
 
 Usage: ``python benchmarks/bench_augment.py [--repeats 5] [--images 64]``
 """
@@ -57,7 +58,7 @@ def bench_transform(items: list, transform, repeats: int) -> float:
 
 def bench_loader(dataset, transform, n: int, repeats: int) -> float:
     subset = torch.utils.data.Subset(dataset, range(min(n, len(dataset))))
-    loader = build_loader(subset, 8, transform, shuffle=True, num_workers=2, seed=0)
+    loader = build_loader(subset, 8, transform, shuffle=True, num_workers=2, seed=0, persistent_workers=True)
 
     def run() -> None:
         for _ in loader:
@@ -69,10 +70,11 @@ def bench_loader(dataset, transform, n: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--images", type=int, default=64, help="images per run")
+    parser.add_argument("--images", type=int, default=64, help="images per run of the in-process measures")
+    parser.add_argument("--loader-images", type=int, default=256, help="images per loader epoch")
     args = parser.parse_args()
 
-    sets = [("shapes 128->128", ShapesDataset(args.images, 128, seed=0), 128)]
+    sets = [("shapes 128->128", ShapesDataset(max(args.images, args.loader_images), 128, seed=0, cache=False), 128)]
     data = shared_data_dir()
     if data is not None:
         sets.append(("cards  ->300x300", VOCDetection(data / "cards", "train"), 300))
@@ -91,7 +93,7 @@ def main() -> None:
         torch.set_num_threads(2)
         aug2 = bench_transform(items, train, args.repeats)
         torch.set_num_threads(1)
-        loader = bench_loader(dataset, train, args.images, args.repeats)
+        loader = bench_loader(dataset, train, args.loader_images, args.repeats)
         print(f"{name:<18} {aug1:>13.1f} {aug2:>13.1f} {ev1:>10.1f} {loader:>17.1f}")
 
 
