@@ -87,9 +87,14 @@ def test_same_seed_same_batches(shapes, num_workers) -> None:
 
 def test_batches_do_not_depend_on_the_number_of_workers(shapes) -> None:
     transform = train_transform(32, MEAN, STD)
-    zero = _epoch(build_loader(shapes, 3, transform, shuffle=True, num_workers=0, seed=9, drop_last=True))
-    two = _epoch(build_loader(shapes, 3, transform, shuffle=True, num_workers=2, seed=9, drop_last=True))
-    assert len(zero) == 4 and _same(zero, two)
+    zero = build_loader(shapes, 3, transform, shuffle=True, num_workers=0, seed=9, drop_last=True)
+    two = build_loader(shapes, 3, transform, shuffle=True, num_workers=2, seed=9, drop_last=True)
+    kept = build_loader(
+        shapes, 3, transform, shuffle=True, num_workers=2, seed=9, drop_last=True, persistent_workers=True
+    )
+    for _ in range(2):  # two epochs
+        z = _epoch(zero)
+        assert len(z) == 4 and _same(z, _epoch(two)) and _same(z, _epoch(kept))
 
 
 def _global_rng_transform(image, boxes, labels, generator=None):

@@ -5,6 +5,7 @@ Items everywhere are ``(image uint8 Tensor[3, H, W] RGB, target dict)`` with ``t
 (0 is the background). The transforms turn them into normalised images and [0, 1] boxes.
 """
 
+from multibox.data.anchors import AnchorCoverage, PriorSuggestion, anchor_coverage, suggest_priors
 from multibox.data.checks import DatasetError, DatasetWarning, Issue
 from multibox.data.coco import COCODetection
 from multibox.data.image_io import read_image
@@ -30,6 +31,7 @@ from multibox.data.voc import VOC_CLASSES, VOCDetection
 __all__ = [
     "SHAPE_CLASSES",
     "VOC_CLASSES",
+    "AnchorCoverage",
     "COCODetection",
     "Compose",
     "DatasetError",
@@ -41,12 +43,14 @@ __all__ = [
     "MinIoURandomCrop",
     "Normalize",
     "PhotometricDistort",
+    "PriorSuggestion",
     "Resize",
     "ScanReport",
     "ShapesDataset",
     "ToFloat",
     "ToRelative",
     "VOCDetection",
+    "anchor_coverage",
     "apply_transform",
     "build_loader",
     "collate",
@@ -55,6 +59,7 @@ __all__ = [
     "sample_seed",
     "scan_dataset",
     "seed_worker",
+    "suggest_priors",
     "train_transform",
     "write_voc",
 ]

@@ -184,6 +184,7 @@ def build_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
 ) -> DetectionLoader:
     """A loader of ``(images Tensor[B, 3, H, W], targets list[dict])`` batches, reproducible from ``seed``.
 
@@ -197,6 +198,8 @@ def build_loader(
         seed: the base seed (a non-negative int).
         drop_last: drop the last incomplete batch.
         pin_memory: pin batches in page-locked memory (for CUDA training).
+        persistent_workers: keep the workers between epochs (saves their start-up); batches stay the same, but
+            the workers' global generators are then seeded once, from epoch 0.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -211,6 +214,7 @@ def build_loader(
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
         worker_init_fn=functools.partial(seed_worker, seed, 0),
         generator=torch.Generator().manual_seed(seed),
     )

@@ -353,7 +353,10 @@ class VOCDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         r = self._records[index]
-        image = read_image(r.image_path)  # (3, H, W) uint8, upright
+        try:
+            image = read_image(r.image_path)  # (3, H, W) uint8, upright
+        except OSError as exc:
+            raise DatasetError(str(exc)) from exc
         if (image.shape[2], image.shape[1]) != r.size:
             raise DatasetError(
                 f"{r.image_path}: decoded as {image.shape[2]}x{image.shape[1]} but its header said {r.size[0]}x"
