@@ -8,7 +8,7 @@ import pytest
 
 from multibox.cli import EXAMPLES, build_parser, main
 
-VERBS = ["demo", "train", "eval", "detect", "info", "scan"]
+VERBS = ["demo", "train", "eval", "detect", "info", "scan", "anchors"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -82,3 +82,13 @@ def test_python_m_multibox_runs():
     cmd = [sys.executable, "-m", "multibox", "--help"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_anchors_and_scan_on_a_written_shapes_set(tmp_path, capsys):
+    from multibox.data import ShapesDataset, write_voc
+
+    write_voc(ShapesDataset(12, 96, seed=3), tmp_path / "voc", "train")
+    assert main(["scan", str(tmp_path / "voc")]) == 0
+    assert main(["anchors", str(tmp_path / "voc"), "--model", "ssd_tiny", "--image-size", "96", "--clusters", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "ssd_tiny" in out and "circle" in out

@@ -19,6 +19,8 @@ EXAMPLES = {
     "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect",
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
     "scan": "example:\n  multibox scan ../shared/data/cards --split train",
+    "anchors": "example:\n  multibox anchors ../shared/data/cards --model ssd300_vgg16\n"
+    "  multibox anchors ../shared/data/raccoon --model ssd_tiny --image-size 128 --clusters 5",
 }
 
 
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--num-classes", type=int, default=21)
     i.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]")
+
+    an = _parser(sub, "anchors", "how well a model's priors cover a dataset's boxes (IoU >= 0.5), and better priors")
+    an.add_argument("root", help="VOC dataset root")
+    an.add_argument("--split", default=None, help="split name (default: every annotation file)")
+    an.add_argument("--model", default="ssd300_vgg16")
+    an.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]")
+    an.add_argument("--priors", default=None, help="prior preset (voc300, coco300, voc512, coco512)")
+    an.add_argument("--clusters", type=int, default=6, help="k of the k-means suggestion")
 
     s = _parser(sub, "scan", "check a VOC dataset and report every problem at once")
     s.add_argument("root")
@@ -177,6 +187,25 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_anchors(a: argparse.Namespace) -> int:
+    from multibox.data import VOCDetection, anchor_coverage, normalized_targets, suggest_priors
+    from multibox.models import create_model
+    from multibox.priors import PRIOR_PRESETS
+
+    data = VOCDetection(a.root, split=a.split)
+    kwargs: dict = {}
+    if a.image_size:
+        kwargs["image_size"] = tuple(a.image_size) if len(a.image_size) == 2 else a.image_size[0]
+    if a.priors:
+        kwargs["prior_spec"] = PRIOR_PRESETS[a.priors]
+    model = create_model(a.model, len(data.classes) + 1, **kwargs)
+    boxes, labels = normalized_targets(data)
+    print(f"{a.model} ({model.num_priors} priors) on {a.root} ({len(data)} images)")
+    print(anchor_coverage(boxes, labels, model.priors, data.classes))
+    print(suggest_priors(boxes, k=a.clusters, num_maps=len(model.feature_maps)))
+    return 0
+
+
 def _cmd_scan(a: argparse.Namespace) -> int:
     from multibox.data import scan_dataset
 
@@ -195,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "detect": _cmd_detect,
         "info": _cmd_info,
         "scan": _cmd_scan,
+        "anchors": _cmd_anchors,
     }
     try:
         return handlers[args.verb](args)

@@ -5,7 +5,13 @@ Items everywhere are ``(image uint8 Tensor[3, H, W] RGB, target dict)`` with ``t
 (0 is the background). The transforms turn them into normalised images and [0, 1] boxes.
 """
 
-from multibox.data.anchors import AnchorCoverage, PriorSuggestion, anchor_coverage, suggest_priors
+from multibox.data.anchors import (
+    AnchorCoverage,
+    PriorSuggestion,
+    anchor_coverage,
+    normalized_targets,
+    suggest_priors,
+)
 from multibox.data.checks import DatasetError, DatasetWarning, Issue
 from multibox.data.coco import COCODetection
 from multibox.data.image_io import read_image
@@ -55,6 +61,7 @@ __all__ = [
     "build_loader",
     "collate",
     "eval_transform",
+    "normalized_targets",
     "read_image",
     "sample_seed",
     "scan_dataset",

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from multibox.boxes import box_iou, cxcywh_to_xyxy
 
-__all__ = ["AnchorCoverage", "PriorSuggestion", "anchor_coverage", "suggest_priors"]
+__all__ = ["AnchorCoverage", "PriorSuggestion", "anchor_coverage", "normalized_targets", "suggest_priors"]
 
 #: Size buckets by ``sqrt(w h)`` of a normalised box: small below 0.1 of the image, large from 0.3.
 DEFAULT_SIZE_EDGES: tuple[float, float] = (0.1, 0.3)
@@ -215,3 +216,26 @@ def suggest_priors(
     box_scale = (wh[:, 0] * wh[:, 1]).sqrt()
     edges = torch.quantile(box_scale, torch.linspace(0, 1, num_maps + 1, dtype=torch.float64)).tolist()
     return PriorSuggestion(centroids.float(), mean_iou, scales, ratios, edges[:-1], edges[1:])
+
+
+def normalized_targets(dataset: Any) -> tuple[list[Tensor], list[Tensor]]:
+    """Every item's boxes as xyxy in [0, 1] of its image, and labels, decoding no image when the dataset can.
+
+    Args:
+        dataset: a detection dataset; ``get_target(i)`` (VOC, COCO) is used when present, else ``dataset[i]``.
+
+    Returns:
+        ``(boxes, labels)``: per image ``Tensor[N_i, 4]`` and ``Tensor[N_i]``.
+    """
+    boxes, labels = [], []
+    for i in range(len(dataset)):
+        if hasattr(dataset, "get_target"):
+            target = dataset.get_target(i)
+            h, w = (int(v) for v in target["orig_size"])
+        else:
+            image, target = dataset[i]
+            h, w = image.shape[-2:]
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        boxes.append(target["boxes"].float() / scale)
+        labels.append(target["labels"])
+    return boxes, labels

@@ -50,7 +50,8 @@ def build_dataset(cfg: DataConfig, split: str, image_size: int | tuple[int, int]
     ann = cfg.train_annotations if split == "train" else cfg.val_annotations
     if not images or not ann:
         raise ValueError(f"data.{split}_images and data.{split}_annotations must be set for a COCO dataset")
-    return data.COCODetection(images, ann)
+    # Crowd regions are no training targets, but evaluation must see them (COCOeval ignores matches to them).
+    return data.COCODetection(images, ann, include_crowd=split == "val")
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:

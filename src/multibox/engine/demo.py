@@ -12,8 +12,9 @@ import torch
 from multibox.config import load_config
 from multibox.engine.builders import build_dataset, model_from_checkpoint
 from multibox.engine.checkpoint import load_checkpoint
-from multibox.engine.evaluate import evaluate, predict_dataset
+from multibox.engine.evaluate import evaluate_detections, predict_dataset
 from multibox.engine.train import train
+from multibox.structures import Detections
 
 __all__ = ["run_demo"]
 
@@ -53,11 +54,12 @@ def run_demo(
     ev = cfg.eval
     kw = {"batch_size": ev.batch_size, "score_thresh": ev.score_thresh, "nms_thresh": ev.nms_thresh, "top_k": ev.top_k}
     t1 = time.perf_counter()
-    voc07 = evaluate(model, val, metric="voc07", out_dir=out, **kw)
-    area = evaluate(model, val, metric="voc", **kw)
+    dets, targets, _ = predict_dataset(model, val, **kw)  # one pass, both VOC metrics
+    voc07 = evaluate_detections(dets, targets, metric="voc07", class_names=val.classes, out_dir=out)
+    area = evaluate_detections(dets, targets, metric="voc", class_names=val.classes)
     eval_s = time.perf_counter() - t1
-    dets, _, _ = predict_dataset(model, val, **{**kw, "score_thresh": 0.3})
-    pictures = [draw_detections(val[i][0], dets[i], val.classes, 0.3) for i in range(min(8, len(val)))]
+    shown = [Detections(*(t[d.scores >= 0.3] for t in d)) for d in dets[:8]]
+    pictures = [draw_detections(val[i][0], shown[i], val.classes, 0.3) for i in range(len(shown))]
     image_grid(pictures, columns=4, path=out / "detections.png")
     summary = {
         "mAP_voc07": voc07["mAP"],

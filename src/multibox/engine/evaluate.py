@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from multibox.postprocess import postprocess
 from multibox.structures import Detections
 
-__all__ = ["EvalOutput", "evaluate", "predict_dataset", "scale_detections"]
+__all__ = ["EvalOutput", "evaluate", "evaluate_detections", "predict_dataset", "scale_detections"]
 
 
 def scale_detections(det: Detections, height: int, width: int) -> Detections:
@@ -105,6 +105,47 @@ class EvalOutput(dict):
     result: Any = None
 
 
+def evaluate_detections(
+    dets: Sequence[Detections],
+    targets: Sequence[dict[str, Any]],
+    *,
+    metric: str = "voc07",
+    iou_threshold: float = 0.5,
+    class_names: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+) -> EvalOutput:
+    """Score detections (pixels) against raw targets; see :func:`evaluate` for the metrics and files."""
+    from multibox import metrics
+
+    out = EvalOutput()
+    if metric in ("voc07", "voc"):
+        gts = [
+            {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "difficult": t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool)),
+            }
+            for t in targets
+        ]
+        result = metrics.voc_ap(dets, gts, iou_threshold=iou_threshold, use_07_metric=metric == "voc07")
+        out.update(result.as_dict(class_names or None))
+        out.result = result
+    elif metric == "coco":
+        gts = [
+            {"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t.get("iscrowd", torch.zeros(len(t["labels"])))}
+            for t in targets
+        ]
+        result = metrics.coco_evaluate(dets, gts)
+        out.update(result)
+        out.result = result
+    else:
+        raise ValueError(f"unknown metric {metric!r}; use 'voc07', 'voc' or 'coco'")
+    out["images"] = len(targets)
+    if out_dir is not None:
+        _write(out, metric, list(class_names or []), Path(out_dir))
+    return out
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -129,36 +170,22 @@ def evaluate(
     Returns:
         ``{"mAP": ..., "AP/<class>": ..., "images": n, "seconds": t}`` for VOC; the 12 COCO stats for COCO.
     """
-    from multibox import metrics
-
-    class_names = list(class_names if class_names is not None else getattr(dataset, "classes", []))
+    names = list(class_names if class_names is not None else getattr(dataset, "classes", []))
     dets, targets, seconds = predict_dataset(model, dataset, **predict_kwargs)
-    out = EvalOutput()
-    if metric in ("voc07", "voc"):
-        gts = [
-            {
-                "boxes": t["boxes"],
-                "labels": t["labels"],
-                "difficult": t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool)),
-            }
-            for t in targets
-        ]
-        result = metrics.voc_ap(dets, gts, iou_threshold=iou_threshold, use_07_metric=metric == "voc07")
-        out.update(result.as_dict(class_names or None))
-        out.result = result
-    elif metric == "coco":
-        result = metrics.coco_evaluate(dets, targets)
-        out.update(result)
-        out.result = result
-    else:
-        raise ValueError(f"unknown metric {metric!r}; use 'voc07', 'voc' or 'coco'")
-    out["images"] = len(targets)
+    out = evaluate_detections(
+        dets, targets, metric=metric, iou_threshold=iou_threshold, class_names=names, out_dir=None
+    )
     out["seconds"] = seconds
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
-        (out_dir / "metrics.json").write_text(json.dumps({"metric": metric, **clean}, indent=2))
-        if metric != "coco":
-            metrics.plot_pr_curves(out.result, class_names or None, out_dir / "pr_curves.png")
+        _write(out, metric, names, Path(out_dir))
     return out
+
+
+def _write(out: EvalOutput, metric: str, class_names: Sequence[str], out_dir: Path) -> None:
+    from multibox import metrics
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+    (out_dir / "metrics.json").write_text(json.dumps({"metric": metric, **clean}, indent=2))
+    if metric != "coco":
+        metrics.plot_pr_curves(out.result, list(class_names) or None, out_dir / "pr_curves.png")
