@@ -8,7 +8,7 @@ import pytest
 
 from multibox.cli import EXAMPLES, build_parser, main
 
-VERBS = ["demo", "train", "eval", "detect", "info", "scan", "anchors"]
+VERBS = ["demo", "train", "eval", "detect", "info", "scan", "anchors", "bench"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

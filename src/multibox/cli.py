@@ -18,6 +18,8 @@ EXAMPLES = {
     "  multibox eval --weights last.pt --config ssd300_vgg16_voc --set data.root=VOC2007 --metric voc",
     "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect",
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
+    "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8\n"
+    "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
     "scan": "example:\n  multibox scan ../shared/data/cards --split train",
     "anchors": "example:\n  multibox anchors ../shared/data/cards --model ssd300_vgg16\n"
     "  multibox anchors ../shared/data/raccoon --model ssd_tiny --image-size 128 --clusters 5",
@@ -71,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--num-classes", type=int, default=21)
     i.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]")
+
+    b = _parser(sub, "bench", "time pre-processing, network, post-processing per inference path; accuracy guard")
+    b.add_argument("model", help="registered model name (ignored with --weights)")
+    b.add_argument("--weights", default=None, help="a checkpoint (trained weights make the agreement meaningful)")
+    b.add_argument("--num-classes", type=int, default=21)
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    b.add_argument("--paths", nargs="+", default=None, help="fp32 channels_last bf16 fp16 compile")
+    b.add_argument("--compile", action="store_true", help="also time torch.compile")
+    b.add_argument("--repeat", type=int, default=7)
+    b.add_argument("--device", default="cpu")
 
     an = _parser(sub, "anchors", "how well a model's priors cover a dataset's boxes (IoU >= 0.5), and better priors")
     an.add_argument("root", help="VOC dataset root")
@@ -187,6 +199,34 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(a: argparse.Namespace) -> int:
+    import torch
+
+    from multibox.data import ShapesDataset
+    from multibox.engine.bench import available_paths, bench_model, format_table, matmul_peak_gflops
+    from multibox.engine.builders import resolve_device
+    from multibox.engine.inference import load_detector, model_info
+    from multibox.models import create_model
+
+    device = resolve_device(a.device)
+    model = load_detector(a.weights)[0] if a.weights else create_model(a.model, a.num_classes)
+    info = model_info(model)
+    h, w = model.preprocess.image_size
+    shapes = ShapesDataset(max(a.batch_sizes), (h, w), seed=123)
+    images = torch.stack([shapes[i][0] for i in range(len(shapes))])
+    paths = a.paths or available_paths(device, compile=a.compile)
+    rows = bench_model(model, images, batch_sizes=a.batch_sizes, paths=paths, device=device, repeat=a.repeat,
+                       gflops_per_image=info["gflops"])  # fmt: skip
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, device.type)}
+    if "bf16" in paths:
+        peaks["bf16"] = matmul_peak_gflops(torch.bfloat16, device.type)
+    name = info.get("name", a.model)
+    print(f"{name}: {info['gflops']:.2f} GFLOPs/image, {info['priors']} priors, input {h}x{w}, "
+          f"{torch.get_num_threads()} threads, device {device}")  # fmt: skip
+    print(format_table(rows, peaks))
+    return 0
+
+
 def _cmd_anchors(a: argparse.Namespace) -> int:
     from multibox.data import VOCDetection, anchor_coverage, normalized_targets, suggest_priors
     from multibox.models import create_model
@@ -225,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "info": _cmd_info,
         "scan": _cmd_scan,
         "anchors": _cmd_anchors,
+        "bench": _cmd_bench,
     }
     try:
         return handlers[args.verb](args)

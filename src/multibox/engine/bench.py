@@ -1,0 +1,222 @@
+"""``multibox bench``: where inference time goes, for each fast path, with an accuracy guard.
+
+For a model and batch sizes it times (median of ``repeat`` runs after warm-up) pre-processing, the network,
+post-processing and the whole pipeline, for each inference path:
+
+- ``fp32``: eager NCHW float32 (the reference);
+- ``channels_last``: NHWC memory format;
+- ``bf16``: ``torch.autocast`` bfloat16 + channels_last (CPUs with avx512-bf16/AMX, or CUDA);
+- ``fp16``: autocast float16 + channels_last (CUDA only);
+- ``compile``: ``torch.compile`` of the best eager path (optional, slow to warm up);
+
+all under ``torch.inference_mode``. It also measures the machine's matmul peak so that the network's achieved
+GFLOP/s can be read against it, and the *agreement* of each path with fp32: VOC AP of the path's detections
+scored against the fp32 detections (score >= 0.3) as ground truth.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from multibox.postprocess import postprocess
+from multibox.structures import Detections
+
+__all__ = ["BenchRow", "available_paths", "bench_model", "format_table", "matmul_peak_gflops", "path_agreement"]
+
+
+@dataclass
+class BenchRow:
+    """One line of the table (times in ms per batch; ``img_s`` end to end)."""
+
+    path: str
+    batch: int
+    pre_ms: float
+    net_ms: float
+    post_ms: float
+    total_ms: float
+    img_s: float
+    gflops: float
+    agreement: float | None = None
+
+
+def _median_ms(fn: Callable[[], Any], repeat: int, warmup: int, sync: Callable[[], None]) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, device: str = "cpu", n: int = 2048) -> float:
+    """Measured GFLOP/s of an ``n x n`` matmul (the practical peak the convolutions can be read against)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        ms = _median_ms(lambda: a @ b, repeat=5, warmup=2, sync=sync)
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
+
+
+def available_paths(device: torch.device, compile: bool = False) -> list[str]:
+    """The inference paths that make sense on ``device``."""
+    paths = ["fp32", "channels_last"]
+    if _bf16_supported(device):
+        paths.append("bf16")
+    if device.type == "cuda":
+        paths.append("fp16")
+    if compile:
+        paths.append("compile")
+    return paths
+
+
+def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Module, Callable[[], Any], bool]:
+    """``(model, autocast context factory, channels_last)`` for a path."""
+    model = model.to(device).eval()
+    cl = path != "fp32"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    if path in ("bf16", "compile"):
+        dtype = torch.bfloat16
+    elif path == "fp16":
+        dtype = torch.float16
+    else:
+        dtype = None
+    if dtype is not None and path == "compile" and not _bf16_supported(device):
+        dtype = None
+
+    def ctx() -> Any:
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    if path == "compile":
+        model = torch.compile(model)
+    return model, ctx, cl
+
+
+def path_agreement(reference: Sequence[Detections], candidate: Sequence[Detections], min_score: float = 0.3) -> float:
+    """VOC area AP (IoU 0.5) of ``candidate`` scored against ``reference`` detections as ground truth.
+
+    Reference detections below ``min_score`` are not counted as objects; if no reference detection reaches it (an
+    untrained model), each image's 10 best reference detections are the objects instead. 1.0 means the path finds
+    the same boxes with the same ranking.
+    """
+    from multibox.metrics import voc_ap
+
+    if not any(bool((d.scores >= min_score).any()) for d in reference):
+        keep = [torch.arange(min(10, len(d.scores))) for d in reference]
+    else:
+        keep = [(d.scores >= min_score).nonzero().squeeze(1) for d in reference]
+    gts = [{"boxes": d.boxes[k], "labels": d.labels[k]} for d, k in zip(reference, keep, strict=True)]
+    return voc_ap(list(candidate), gts, iou_threshold=0.5, use_07_metric=False).mean_ap
+
+
+def bench_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_sizes: Sequence[int] = (1, 8),
+    paths: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    repeat: int = 7,
+    warmup: int = 2,
+    gflops_per_image: float | None = None,
+) -> list[BenchRow]:
+    """Time pre-processing, network, post-processing and end to end for each path and batch size.
+
+    Args:
+        model: an SSD (its ``preprocess`` gives size, mean and std).
+        images: ``uint8 Tensor[N, 3, H, W]`` source images (any size; resized as in inference), ``N >= max batch``.
+        batch_sizes: the batch sizes to time.
+        paths: inference paths (default: :func:`available_paths`).
+        device: where to run.
+        repeat: timed runs per measurement (the median is reported).
+        warmup: untimed runs first.
+        gflops_per_image: the network's cost, to report achieved GFLOP/s (see ``multibox info``).
+
+    Returns:
+        One :class:`BenchRow` per (path, batch), with ``agreement`` against the fp32 path.
+    """
+    from multibox.data import eval_transform
+
+    device = torch.device(device)
+    paths = list(paths or available_paths(device))
+    if "fp32" not in paths:
+        paths.insert(0, "fp32")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    pre = model.preprocess
+    transform = eval_transform(pre.image_size, pre.mean, pre.std)
+    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    priors = model.priors.to(device)
+    rows: list[BenchRow] = []
+    reference: dict[int, list[Detections]] = {}
+    for path in paths:
+        net, ctx, cl = _prepare(model, path, device)
+        for bs in batch_sizes:
+            src = images[:bs]
+
+            def preprocess(src: torch.Tensor = src, cl: bool = cl) -> torch.Tensor:
+                x = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in src]).to(device)
+                return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+            with torch.inference_mode():
+                x = preprocess()
+
+                def network(x: torch.Tensor = x, net: nn.Module = net, ctx: Callable[[], Any] = ctx) -> Any:
+                    with ctx():
+                        return net(x)
+
+                pred = network()
+                pre_ms = _median_ms(preprocess, repeat, warmup, sync)
+                net_ms = _median_ms(network, repeat, warmup, sync)
+                post_ms = _median_ms(lambda pred=pred: postprocess(pred, priors), repeat, warmup, sync)
+
+                def end_to_end(preprocess: Callable[[], torch.Tensor] = preprocess, network: Any = network) -> Any:
+                    return postprocess(network(preprocess()), priors)
+
+                total_ms = _median_ms(end_to_end, repeat, warmup, sync)
+                dets = [
+                    Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu())
+                    for d in postprocess(pred, priors)
+                ]
+            if path == "fp32":
+                reference[bs] = dets
+                agreement = 1.0
+            else:
+                agreement = path_agreement(reference[bs], dets)
+            gf = (gflops_per_image or 0.0) * bs / (net_ms * 1e-3) if gflops_per_image else 0.0
+            rows.append(BenchRow(path, bs, pre_ms, net_ms, post_ms, total_ms, bs / (total_ms * 1e-3), gf, agreement))
+    return rows
+
+
+def format_table(rows: Sequence[BenchRow], peaks: dict[str, float] | None = None) -> str:
+    """The rows as an aligned text table, with the matmul peaks underneath."""
+    head = f"{'path':<14}{'batch':>6}{'pre ms':>10}{'net ms':>10}{'post ms':>10}{'total ms':>10}{'img/s':>9}"
+    head += f"{'net GFLOP/s':>13}{'agree':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        agree = "-" if r.agreement is None else f"{r.agreement:.3f}"
+        lines.append(
+            f"{r.path:<14}{r.batch:>6}{r.pre_ms:>10.1f}{r.net_ms:>10.1f}{r.post_ms:>10.1f}{r.total_ms:>10.1f}"
+            f"{r.img_s:>9.1f}{r.gflops:>13.0f}{agree:>8}"
+        )
+    if peaks:
+        lines.append("matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+import math
+
+import torch
+
+from multibox import create_model
+from multibox.data import ShapesDataset
+from multibox.engine.bench import bench_model, format_table, matmul_peak_gflops, path_agreement
+from multibox.structures import Detections
+
+
+def test_path_agreement_by_hand():
+    ref = [
+        Detections(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([0.9, 0.8]), torch.tensor([1, 2]))
+    ]
+    assert path_agreement(ref, ref) == 1.0
+    # the candidate finds one of the two objects: AP 1 for class 1, 0 for class 2
+    half = [Detections(ref[0].boxes[:1], ref[0].scores[:1], ref[0].labels[:1])]
+    assert path_agreement(ref, half) == 0.5
+    # nothing above min_score -> each image's 10 best reference boxes are the objects
+    low = [Detections(ref[0].boxes, torch.tensor([0.1, 0.05]), ref[0].labels)]
+    assert path_agreement(low, low) == 1.0
+
+
+def test_bench_rows_for_a_tiny_model():
+    model = create_model("ssd_tiny", 4, image_size=64, width=4)
+    ds = ShapesDataset(2, 80, seed=1)
+    images = torch.stack([ds[i][0] for i in range(2)])
+    rows = bench_model(model, images, batch_sizes=(1, 2), paths=["fp32", "channels_last"], repeat=2, warmup=1,
+                       gflops_per_image=0.01)  # fmt: skip
+    assert [(r.path, r.batch) for r in rows] == [("fp32", 1), ("fp32", 2), ("channels_last", 1), ("channels_last", 2)]
+    assert all(r.total_ms > 0 and r.img_s > 0 and r.gflops > 0 for r in rows)
+    assert rows[0].agreement == 1.0
+    assert rows[2].agreement > 0.9  # the same arithmetic in another memory layout
+    table = format_table(rows, {"fp32": 1.0})
+    assert "channels_last" in table and "matmul peak: fp32 1 GFLOP/s" in table
+
+
+def test_matmul_peak_is_positive():
+    assert math.isfinite(matmul_peak_gflops(n=256)) and matmul_peak_gflops(n=256) > 0
