@@ -53,9 +53,9 @@ def test_sampler_resume_equals_uninterrupted_tail_and_shards_are_disjoint():
     stream = [next(it) for _ in range(9)]  # 3 batches per epoch -> crosses two epoch boundaries
     resumed = iter(ResumableBatchSampler(10, 3, seed=5, start_batch=4))
     assert [next(resumed) for _ in range(5)] == stream[4:]
-    assert stream[0][0][1] == 0 and stream[3][0][1] == 1  # (index, epoch)
+    assert stream[0][0][0] == 0 and stream[3][0][0] == 1  # (epoch, index)
     ranks = [next(iter(ResumableBatchSampler(10, 2, seed=5, rank=r, world_size=2))) for r in range(2)]
-    assert not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}
+    assert not {i for _, i in ranks[0]} & {i for _, i in ranks[1]}
     with pytest.raises(ValueError, match="fewer than one batch"):
         ResumableBatchSampler(3, 4)
 

@@ -64,6 +64,8 @@ class DataConfig:
         shapes_train / shapes_val: sizes of the synthetic splits; shapes_seed: their seed.
         keep_difficult: keep ``difficult`` objects in training targets.
         augment: the paper's training augmentation (photometric, zoom-out, min-IoU crop, flip).
+        expand_ratio: the zoom-out's largest side ratio (4 in the paper; 1 disables zoom-out).
+        photometric: include the photometric distortion.
         num_workers: DataLoader workers.
     """
 
@@ -81,6 +83,8 @@ class DataConfig:
     shapes_seed: int = 0
     keep_difficult: bool = False
     augment: bool = True
+    expand_ratio: float = 4.0
+    photometric: bool = True
     num_workers: int = 2
 
 

@@ -1,35 +1,28 @@
 """Resumable, shardable training batches whose augmentation does not depend on workers or restarts.
 
-The batch sampler yields ``(index, epoch)`` pairs; :class:`AugmentedDataset` seeds each sample's augmentation
-generator from ``(seed, epoch, index)``. The stream of batches is therefore a pure function of the seed and the
-step: a run resumed at step ``s`` sees exactly the batches an uninterrupted run sees from step ``s``, whatever
-the number of DataLoader workers, and each DDP rank reads its own stride of the same permutation.
+The batch sampler yields ``(epoch, index)`` keys for :class:`multibox.data.loader.TransformedDataset`, which seeds
+each sample's augmentation generator from ``(seed, epoch, index)``. The stream of batches is therefore a pure
+function of the seed and the step: a run resumed at step ``s`` sees exactly the batches an uninterrupted run sees
+from step ``s``, whatever the number of DataLoader workers, and each DDP rank reads its own stride of the same
+permutation. (:func:`multibox.data.build_loader` is the epoch-by-epoch loader for user code; this sampler adds
+resuming mid-epoch and DDP shards.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
-__all__ = ["AugmentedDataset", "ResumableBatchSampler", "collate_train", "sample_seed"]
+from multibox.data.loader import sample_seed
 
-_MIX = 0x9E3779B97F4A7C15
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that differs for every ``(seed, epoch, index)`` (splitmix64-style mixing)."""
-    z = (seed * 1_000_003 + epoch * 7_919 + index * 104_729 + _MIX) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+__all__ = ["ResumableBatchSampler"]
 
 
 class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Endless batches of ``(index, epoch)``, starting at any micro-batch number.
+    """Endless batches of ``(epoch, index)`` keys, starting at any micro-batch number.
 
     Each epoch is a permutation seeded by ``(seed, epoch)``; rank ``r`` of ``world_size`` takes positions
     ``r, r + world_size, ...`` of it; incomplete last batches are dropped so that every rank takes the same number
@@ -74,7 +67,8 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
     def epoch_order(self, epoch: int) -> Tensor:
         """This rank's sample indices for ``epoch``."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+            # index 2**40 is a key no sample uses: the permutation's stream is apart from the augmentations'
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, 1 << 40))
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
@@ -86,43 +80,5 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         while True:
             order = self.epoch_order(epoch).tolist()
             for b in range(offset, bpe):
-                yield [(i, epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+                yield [(epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
             epoch, offset = epoch + 1, 0
-
-
-class AugmentedDataset(Dataset):
-    """Applies a ``(image, boxes, labels, generator)`` transform with a per-sample generator.
-
-    Items of the wrapped dataset are ``(image uint8 Tensor[3, H, W], {"boxes": Tensor[N, 4] pixels xyxy,
-    "labels": Tensor[N]})``; this returns ``(image float Tensor[3, S, S], boxes Tensor[N, 4] in [0, 1],
-    labels Tensor[N], image_id)`` where ``image_id`` is the target's ``"image_id"`` (else the index), so
-    that an error can name the images of a bad batch.
-
-    Args:
-        dataset: the source dataset.
-        transform: the augmentation pipeline.
-        seed: the run's seed; an item key is ``index`` (seeded with epoch 0) or ``(index, epoch)``.
-    """
-
-    def __init__(self, dataset: Dataset, transform: Callable[..., Any], seed: int = 0) -> None:
-        self.dataset = dataset
-        self.transform = transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Any]:
-        index, epoch = (key, 0) if isinstance(key, int) else key
-        image, target = self.dataset[index]
-        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-        image, boxes, labels = self.transform(image, target["boxes"], target["labels"], g)
-        return image, boxes, labels, target.get("image_id", index)
-
-
-def collate_train(
-    batch: list[tuple[Tensor, Tensor, Tensor, Any]],
-) -> tuple[Tensor, list[tuple[Tensor, Tensor]], list[Any]]:
-    """Stack images ``[B, 3, S, S]``; keep per-image ``(boxes, labels)`` and the image ids."""
-    images = torch.stack([b[0] for b in batch])
-    return images, [(b[1], b[2]) for b in batch], [b[3] for b in batch]

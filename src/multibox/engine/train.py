@@ -24,7 +24,7 @@ from torch import nn
 from multibox.config import Config, config_to_dict
 from multibox.engine.builders import build_dataset, build_model, build_optimizer, resolve_device
 from multibox.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from multibox.engine.sampling import AugmentedDataset, ResumableBatchSampler, collate_train
+from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
 from multibox.loss import multibox_loss
 
@@ -162,9 +162,16 @@ def train(
     pre = model.preprocess
     from multibox.data import eval_transform, train_transform
 
-    make = train_transform if config.data.augment else eval_transform
-    transform = make(pre.image_size, pre.mean, pre.std)
-    dataset = AugmentedDataset(raw_train, transform, seed=tc.seed)
+    if config.data.augment:
+        dc = config.data
+        transform = train_transform(
+            pre.image_size, pre.mean, pre.std, expand_ratio=dc.expand_ratio, photometric=dc.photometric
+        )
+    else:
+        transform = eval_transform(pre.image_size, pre.mean, pre.std)
+    from multibox.data.loader import TransformedDataset, collate
+
+    dataset = TransformedDataset(raw_train, transform, seed=tc.seed)
 
     model.to(device)
     if tc.channels_last:
@@ -215,7 +222,7 @@ def train(
         dataset,
         batch_sampler=sampler,
         num_workers=config.data.num_workers,
-        collate_fn=collate_train,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=config.data.num_workers > 0,
     )
@@ -254,11 +261,12 @@ def train(
             sums = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
             t0 = time.perf_counter()
             for k in range(tc.grad_accum):
-                images, targets, ids = next(batches)
+                images, items = next(batches)
+                ids = [t.get("image_id") for t in items]
                 images = images.to(device, non_blocking=True)
                 if tc.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                targets = [(b.to(device), lb.to(device)) for b, lb in targets]
+                targets = [(t["boxes"].to(device), t["labels"].to(device)) for t in items]
                 sync = k == tc.grad_accum - 1 or world == 1
                 with nullcontext() if sync else train_model.no_sync(), autocast_context(device, tc.amp):
                     pred = train_model(images)
