@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from multibox.cli import EXAMPLES, build_parser, main
+from test_engine import tiny_overrides
 
 VERBS = ["demo", "train", "eval", "detect", "info", "scan", "anchors", "bench"]
 
@@ -34,19 +35,9 @@ def test_info_prints_the_ssd300_numbers(capsys):
 
 
 def test_train_eval_detect_smoke(tmp_path, capsys):
-    sets = {
-        "model.image_size": 64,
-        "model.kwargs": {"width": 4},
-        "data.shapes_train": 8,
-        "data.shapes_val": 4,
-        "data.num_workers": 0,
-        "train.batch_size": 4,
-        "train.max_iters": 1,
-        "train.out_dir": str(tmp_path / "run"),
-    }
     args = ["train", "ssd_tiny_shapes", "--no-progress"]
-    for k, v in sets.items():
-        args += ["--set", f"{k}={json.dumps(v)}"]
+    for kv in tiny_overrides(tmp_path / "run", steps=1, **{"data.shapes_train": 8, "data.shapes_val": 4}):
+        args += ["--set", kv]
     assert main(args) == 0
     assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
     assert "mAP" in capsys.readouterr().out

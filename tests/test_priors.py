@@ -1,4 +1,3 @@
-import itertools
 import math
 
 import pytest
@@ -15,38 +14,10 @@ from multibox.priors import (
     default_boxes,
     paper_scales,
 )
+from ssd_pytorch_reference import COCO_CFG, VOC_CFG, ssd_pytorch_priorbox
 
 MAPS300 = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 MAPS512 = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
-
-
-def ssd_pytorch_priorbox(cfg):
-    """ssd.pytorch's PriorBox.forward, transcribed (layers/functions/prior_box.py)."""
-    mean = []
-    for k, f in enumerate(cfg["feature_maps"]):
-        for i, j in itertools.product(range(f), repeat=2):
-            f_k = cfg["min_dim"] / cfg["steps"][k]
-            cx = (j + 0.5) / f_k
-            cy = (i + 0.5) / f_k
-            s_k = cfg["min_sizes"][k] / cfg["min_dim"]
-            mean += [cx, cy, s_k, s_k]
-            s_k_prime = math.sqrt(s_k * (cfg["max_sizes"][k] / cfg["min_dim"]))
-            mean += [cx, cy, s_k_prime, s_k_prime]
-            for ar in cfg["aspect_ratios"][k]:
-                mean += [cx, cy, s_k * math.sqrt(ar), s_k / math.sqrt(ar)]
-                mean += [cx, cy, s_k / math.sqrt(ar), s_k * math.sqrt(ar)]
-    return torch.tensor(mean).view(-1, 4).clamp(max=1, min=0)
-
-
-VOC_CFG = {
-    "feature_maps": [38, 19, 10, 5, 3, 1],
-    "min_dim": 300,
-    "steps": [8, 16, 32, 64, 100, 300],
-    "min_sizes": [30, 60, 111, 162, 213, 264],
-    "max_sizes": [60, 111, 162, 213, 264, 315],
-    "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
-}
-COCO_CFG = dict(VOC_CFG, min_sizes=[21, 45, 99, 153, 207, 261], max_sizes=[45, 99, 153, 207, 261, 315])
 
 
 def test_presets_are_the_published_numbers():
