@@ -8,7 +8,7 @@ import pytest
 
 from multibox.cli import EXAMPLES, build_parser, main
 
-VERBS = ["demo", "train", "eval", "detect", "info", "scan"]
+VERBS = ["demo", "train", "eval", "detect", "export", "convert", "info", "scan"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -425,3 +425,16 @@ def test_safetensors_round_trip(tmp_path):
         assert torch.equal(rebuilt(x).cls_logits, model(x).cls_logits)
     with pytest.raises(ConversionError, match="already a multibox"):
         convert_file(tmp_path / "last.pt", tmp_path / "x.pt")
+
+
+def test_convert_cli(tmp_path, capsys):
+    from multibox.cli import main
+
+    tiny_checkpoint(tmp_path / "last.pt")
+    out = str(tmp_path / "m.safetensors")
+    assert main(["convert", str(tmp_path / "last.pt"), "--to-safetensors", "--out", out]) == 0
+    assert "safetensors" in capsys.readouterr().out and load_checkpoint(out)["classes"] == ["a", "b"]
+    assert main(["convert", str(tmp_path / "last.pt"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "already a multibox" in capsys.readouterr().err
+    assert main(["convert", out, "--from", "torchvision", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "missing head.classification_head.module_list.0.weight" in capsys.readouterr().err
