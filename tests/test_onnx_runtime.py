@@ -102,6 +102,15 @@ def test_detect_onnx_equals_detect(tiny_export):
     assert written == got and len(list((root / "out").glob("*_det.jpg"))) == 3
 
 
+def test_a_fixed_batch_graph_runs_one_image_at_a_time(tiny_export, tmp_path):
+    model, root, images = tiny_export
+    fixed = export_onnx(model, tmp_path / "b1.onnx", dynamic_batch=False, check=False, class_names=["c", "s"])
+    assert OnnxDetector(fixed.path).fixed_batch == 1 and OnnxDetector(root / "tiny.onnx").fixed_batch is None
+    got = detect_onnx(fixed.path, images, batch_size=8, score_thresh=0.2, draw=False)
+    ref = detect_onnx(root / "tiny.onnx", images, batch_size=8, score_thresh=0.2, draw=False)
+    assert [[d["box"] for d in r["detections"]] for r in got] == [[d["box"] for d in r["detections"]] for r in ref]
+
+
 def test_runs_without_torch(tiny_export, tmp_path):
     """``multibox detect --onnx`` in a Python where ``import torch`` fails."""
     _, root, images = tiny_export

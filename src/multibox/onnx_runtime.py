@@ -92,7 +92,7 @@ def read_metadata(props: Mapping[str, str], source: str = "the ONNX file") -> On
     Raises:
         ValueError: a key is missing or malformed (the message names ``source`` and the key).
     """
-    required = _METADATA_KEYS[:7]
+    required = ("image_size", "mean", "std", "num_classes", "with_postprocess", "score_thresh", "top_k")
     missing = [k for k in required if k not in props]
     if missing:
         raise ValueError(
@@ -197,8 +197,11 @@ class OnnxDetector:
                 f"{self.path} returns raw outputs (exported without post-processing); detection needs a model "
                 f"exported with it (the default of `multibox export`)"
             )
-        self.input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        #: The batch size the graph was exported with if it is fixed (``dynamic_batch=False``), else None.
+        self.fixed_batch: int | None = graph_input.shape[0] if isinstance(graph_input.shape[0], int) else None
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """An RGB ``[H, W, 3]`` image as the network's ``[3, H', W']`` input (see :func:`prepare_image`)."""
@@ -243,7 +246,7 @@ def detect_onnx(
         inputs: image files and/or folders of images.
         out_dir: writes ``detections.json`` and, with ``draw``, one annotated image per input.
         class_names: overrides the names in the file's metadata.
-        batch_size: images per run (the graph must have a dynamic batch for more than 1).
+        batch_size: images per run (a graph exported with a fixed batch size runs with that one).
         score_thresh: the lowest score reported (strictly above, as :func:`multibox.postprocess`); the graph
             itself already dropped scores at or below its exported ``score_thresh``.
 
@@ -260,6 +263,7 @@ def detect_onnx(
             stacklevel=2,
         )
     files = _expand_inputs(inputs)
+    batch_size = det.fixed_batch or batch_size
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +271,10 @@ def detect_onnx(
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         images = [read_image_array(f) for f in chunk]
-        y = det(np.stack([det.preprocess(im) for im in images]))
+        batch = np.stack([det.preprocess(im) for im in images])
+        if det.fixed_batch and len(chunk) < det.fixed_batch:  # pad the last chunk of a fixed-batch graph
+            batch = np.concatenate([batch, np.zeros((det.fixed_batch - len(chunk), *batch.shape[1:]), np.float32)])
+        y = det(batch)
         for i, (f, im) in enumerate(zip(chunk, images, strict=True)):
             h, w = im.shape[:2]
             n = int(y["num_detections"][i])
