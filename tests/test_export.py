@@ -126,7 +126,7 @@ def test_padding_and_no_detections(tmp_path):
     images = random_sample(model, 2, seed=3)
     # 2 classes x 5 candidates = 10 < 16 output slots: the rest is padding.
     kw = {"pre_nms_top_k": 5, "top_k": 16}
-    result = export_onnx(model, tmp_path / "pad.onnx", **kw)
+    result = export_onnx(model, tmp_path / "pad.onnx", check=False, **kw)
     got = run_onnx(result.path, images)
     assert got["scores"].shape == (2, 16) and (got["num_detections"] <= 10).all()
     compare_detections(reference(model, images, **kw), got)
@@ -192,12 +192,12 @@ def test_bad_arguments_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_ssd300_export_matches_torch(tmp_path):
-    """The real network with 21 VOC classes, at batch 1 and 2 (export_onnx's own check)."""
+    """The real network with 21 VOC classes (export_onnx's own check; the dynamic batch is tested on ssd_tiny)."""
     torch.manual_seed(0)
     # ImageNet std keeps a randomly initialised VGG's logits moderate: with the Caffe std of 1 the probabilities
     # saturate at exactly 1.0 and the many tied scores make the kept boxes depend on the order of ties.
     model = create_model("ssd300_vgg16", 21, std=IMAGENET_STD).eval()
-    result = export_onnx(model, tmp_path / "ssd300.onnx")
-    assert result.checked_batches == (1, 2)
+    result = export_onnx(model, tmp_path / "ssd300.onnx", dynamic_batch=False)
+    assert result.checked_batches == (1,)
     assert result.max_abs_diff["boxes"] <= 1e-4 and result.max_abs_diff["scores"] <= 1e-5
     assert 90 * 2**20 < result.size_bytes < 110 * 2**20  # 26.3M float32 parameters
