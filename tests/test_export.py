@@ -186,6 +186,8 @@ def test_bad_arguments_are_clear(tmp_path):
         export_onnx(model, tmp_path / "m.onnx", nms_thresh=1.5)
     with pytest.raises(ValueError, match="2 class names"):
         export_onnx(model, tmp_path / "m.onnx", class_names=["a", "b"])
+    with pytest.raises(ValueError, match="opset must be >= 13"):
+        export_onnx(model, tmp_path / "m.onnx", opset=11)
     with pytest.raises(ValueError, match="sample"):
         export_onnx(model, tmp_path / "m.onnx", sample=torch.zeros(1, 3, 32, 32))
 

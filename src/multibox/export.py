@@ -156,8 +156,8 @@ def _check_args(score_thresh: float, nms_thresh: float, pre_nms_top_k: int, top_
         raise ValueError(f"nms_thresh must be in [0, 1], got {nms_thresh}")
     if pre_nms_top_k < 1 or top_k < 1:
         raise ValueError(f"pre_nms_top_k and top_k must be >= 1, got {pre_nms_top_k} and {top_k}")
-    if opset < 11:
-        raise ValueError(f"opset must be >= 11 (NonMaxSuppression with threshold inputs, TopK with k), got {opset}")
+    if opset < 13:  # the head's unflatten needs 13; NonMaxSuppression with thresholds and TopK need 11
+        raise ValueError(f"opset must be >= 13 (tested: 13, 17, 18, 20), got {opset}")
 
 
 def export_onnx(
@@ -183,7 +183,7 @@ def export_onnx(
         path: the ``.onnx`` file to write (folders are created).
         image_size: the graph's input ``(H, W)`` (an int: square); None for the model's own. Another size rebuilds
             the model through the registry with the same weights (the priors depend on the size).
-        opset: the ONNX opset.
+        opset: the ONNX opset, at least 13.
         dynamic_batch: leave the batch dimension free (else it is fixed to the check sample's, 1 by default).
         with_postprocess: end the graph in padded detections (see the module docstring); else raw outputs.
         score_thresh, nms_thresh, pre_nms_top_k, top_k: the post-processing, as :func:`multibox.postprocess`.
