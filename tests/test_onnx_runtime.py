@@ -51,6 +51,7 @@ def _save_variants(tmp_path):
     Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])).save(paths.setdefault("rgba", tmp_path / "rgba.png"))
     Image.fromarray(rgb).convert("P").save(paths.setdefault("palette", tmp_path / "p.png"))
     Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(paths.setdefault("gray16", tmp_path / "g16.png"))
+    Image.fromarray(rgb[:, :, 1].astype(np.float32) / 255).save(paths.setdefault("float", tmp_path / "f.tiff"))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.fromarray(rgb).save(paths.setdefault("exif", tmp_path / "rot.jpg"), exif=exif.tobytes(), quality=95)

@@ -13,6 +13,7 @@ onnxruntime only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -123,7 +124,8 @@ def read_image_array(path: str | Path) -> np.ndarray:
     """Decode an image file as an upright RGB ``uint8`` array ``[H, W, 3]``, as :func:`multibox.data.read_image`.
 
     EXIF orientation is applied; grayscale, palette, RGBA (alpha dropped) and CMYK go through Pillow's RGB
-    conversion; 16-bit grayscale is scaled to 8 bits.
+    conversion; 16-bit grayscale is scaled to 8 bits, float grayscale from [0, 1] or 0-255. (The same rules as
+    ``multibox.data.image_io``, which cannot be imported without torch.)
 
     Raises:
         OSError: the file is missing or not an image (the message names the file).
@@ -131,11 +133,16 @@ def read_image_array(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            with contextlib.suppress(Exception):  # a corrupt EXIF block must not make the image unreadable
+                img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grayscale: scale to 8 bits
                 a = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
                 a = ((a * 255 + 32767) // 65535).astype(np.uint8)
                 return np.repeat(a[:, :, None], 3, axis=2)
+            if img.mode == "F":  # float grayscale: [0, 1] or 0-255
+                f = np.asarray(img, dtype=np.float32)
+                f = np.clip(np.nan_to_num(f) * (255.0 if np.nanmax(f, initial=0.0) <= 1.0 else 1.0), 0, 255)
+                return np.repeat(f.round().astype(np.uint8)[:, :, None], 3, axis=2)
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
