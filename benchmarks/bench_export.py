@@ -6,25 +6,39 @@ of onnxruntime vs PyTorch for ssd300_vgg16 (21 classes) at batch 1 and 8, with a
 The weights are random, with the background logit raised by 5 so that, as with a trained model, only a few
 hundred class scores per image pass the 0.01 threshold (NMS work is then realistic rather than 200 candidates for
 every class). PyTorch runs ``model(x)`` (+ :func:`multibox.postprocess`) under ``inference_mode``; onnxruntime
-runs the exported graph on the CPU execution provider with ``--threads`` intra-op threads. Not a test: record the
-numbers with the command line.
+runs the exported graph on the CPU execution provider with ``--threads`` intra-op threads; the two are timed
+alternately so that both see the same machine load. Not a test: record the numbers with the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_ms
 from multibox import create_model, export_onnx, postprocess
 from multibox.export import random_sample
 from multibox.models.tiny import IMAGENET_STD
+
+
+def paired_medians(fn_a: Callable[[], object], fn_b: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median ms of ``fn_a`` and ``fn_b`` timed alternately (one warm-up each), so that both see the same load."""
+    fn_a(), fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeat):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def main() -> None:
@@ -68,8 +82,7 @@ def main() -> None:
                     pred = model(x)
                     return postprocess(pred, model.priors) if post else pred
 
-            t_ms = median_ms(run_torch, repeat=args.repeat, warmup=1)
-            o_ms = median_ms(lambda feed=feed, s=session: s.run(None, feed), repeat=args.repeat, warmup=1)
+            t_ms, o_ms = paired_medians(run_torch, lambda feed=feed, s=session: s.run(None, feed), args.repeat)
             rows.append((kind, bs, t_ms, o_ms))
     print(f"\n{'ssd300_vgg16':<17}  {'batch':>5}  {'torch ms':>9}  {'ort ms':>9}  {'ort/torch':>9}  {'ort ms/img':>10}")
     for kind, bs, t_ms, o_ms in rows:
