@@ -16,7 +16,13 @@ EXAMPLES = {
     "  multibox train ssd300_vgg16_voc --set data.root=VOCdevkit/VOC2007 --resume auto",
     "eval": "example:\n  multibox eval --weights runs/demo/last.pt\n"
     "  multibox eval --weights last.pt --config ssd300_vgg16_voc --set data.root=VOC2007 --metric voc",
-    "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect",
+    "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect\n"
+    "  multibox detect img.jpg --onnx model.onnx         # onnxruntime only, no torch needed",
+    "export": "example:\n  multibox export --weights runs/demo/last.pt --out model.onnx\n"
+    "  multibox export --weights last.pt --out raw.onnx --raw --image-size 300 400",
+    "convert": "example:\n  multibox convert ssd300_mAP_77.43_v2.pth --from ssd.pytorch --out ssd300_voc.pt\n"
+    "  multibox convert vgg16_reducedfc.pth --from ssd.pytorch-base --out base.pt\n"
+    "  multibox convert runs/demo/last.pt --to-safetensors --out last.safetensors",
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
     "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8\n"
     "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
@@ -63,11 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
     det.add_argument("inputs", nargs="+", help="image files and/or folders")
-    det.add_argument("--weights", required=True)
+    src = det.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="a multibox checkpoint")
+    src.add_argument("--onnx", help="a model written by `multibox export` (runs on onnxruntime, without torch)")
     det.add_argument("--out", default="runs/detect")
     det.add_argument("--score", type=float, default=0.3, help="lowest score reported (default 0.3)")
     det.add_argument("--batch-size", type=int, default=8)
     det.add_argument("--device", default="auto")
+
+    x = _parser(sub, "export", "export a checkpoint to ONNX and check it against onnxruntime")
+    x.add_argument("--weights", required=True, help="a multibox checkpoint")
+    x.add_argument("--out", required=True, help="the .onnx file to write")
+    x.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W] (default: the checkpoint's)")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--raw", action="store_true", help="raw cls_logits/box_deltas outputs, no post-processing")
+    x.add_argument("--static-batch", action="store_true", help="fix the batch size to 1")
+    x.add_argument("--score", type=float, default=0.01, help="score threshold in the graph (default 0.01)")
+    x.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    x.add_argument("--pre-nms-top-k", type=int, default=200)
+    x.add_argument("--top-k", type=int, default=200, help="detections per image, the output size (default 200)")
+    x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+    c = _parser(sub, "convert", "convert ssd.pytorch / torchvision / ImageNet VGG16 weights, or save as safetensors")
+    c.add_argument("source", help="the weights file to convert")
+    c.add_argument("--out", required=True)
+    layouts = "ssd.pytorch, ssd.pytorch-base, torchvision or imagenet-vgg16"
+    c.add_argument("--from", dest="layout", default=None, help=f"{layouts} (default: guessed from the keys)")
+    c.add_argument("--to-safetensors", action="store_true", help="save a multibox checkpoint as safetensors")
+    c.add_argument("--num-classes", type=int, default=None, help="classes incl. background (default: inferred)")
+    c.add_argument("--classes", default=None, help="comma-separated class names to store")
+    c.add_argument("--input-order", choices=["rgb", "bgr"], default=None, help="channel order the source expects")
 
     i = _parser(sub, "info", "parameters, priors, feature maps and FLOPs of a registered model")
     i.add_argument("model")
@@ -173,11 +204,49 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 
 def _cmd_detect(a: argparse.Namespace) -> int:
-    from multibox.engine.inference import detect
+    if a.onnx:
+        from multibox.onnx_runtime import detect_onnx
 
-    results = detect(a.weights, a.inputs, out_dir=a.out, batch_size=a.batch_size, score_thresh=a.score, device=a.device)
+        results = detect_onnx(a.onnx, a.inputs, out_dir=a.out, batch_size=a.batch_size, score_thresh=a.score)
+    else:
+        from multibox.engine.inference import detect
+
+        results = detect(
+            a.weights, a.inputs, out_dir=a.out, batch_size=a.batch_size, score_thresh=a.score, device=a.device
+        )
     n = sum(len(r["detections"]) for r in results)
     print(f"{n} detections in {len(results)} images; written to {a.out}/detections.json and {a.out}/*_det.jpg")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from multibox.export import export_checkpoint
+
+    size = None if not a.image_size else tuple(a.image_size) if len(a.image_size) == 2 else a.image_size[0]
+    result = export_checkpoint(
+        a.weights,
+        a.out,
+        image_size=size,
+        opset=a.opset,
+        dynamic_batch=not a.static_batch,
+        with_postprocess=not a.raw,
+        score_thresh=a.score,
+        nms_thresh=a.nms,
+        pre_nms_top_k=a.pre_nms_top_k,
+        top_k=a.top_k,
+        check=not a.no_check,
+    )
+    print(result.summary())
+    return 0
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from multibox.weights import convert_file
+
+    options = {"num_classes": a.num_classes, "input_order": a.input_order}
+    if a.classes:
+        options["classes"] = a.classes.split(",")
+    print(convert_file(a.source, a.out, layout=a.layout, to_safetensors=a.to_safetensors, **options))
     return 0
 
 
@@ -262,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _cmd_train,
         "eval": _cmd_eval,
         "detect": _cmd_detect,
+        "export": _cmd_export,
+        "convert": _cmd_convert,
         "info": _cmd_info,
         "scan": _cmd_scan,
         "anchors": _cmd_anchors,

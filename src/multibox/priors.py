@@ -83,7 +83,7 @@ def default_boxes(
     aspect_ratios: Sequence[Sequence[float]],
     steps: Sequence[float | tuple[float, float]] | None = None,
     offset: float = 0.5,
-    clip: bool = True,
+    clip: bool | str = True,
 ) -> Tensor:
     """Generate the default boxes of all feature maps.
 
@@ -96,7 +96,9 @@ def default_boxes(
         steps: the pixel distance between cell centres of each map, a number or ``(step_y, step_x)``; None derives
             it as ``(H / h, W / w)``. ssd.pytorch's SSD300 uses ``8, 16, 32, 64, 100, 300``.
         offset: the centre of cell ``(i, j)`` is at ``((j + offset) step_x, (i + offset) step_y)``.
-        clip: clamp the cxcywh values into ``[0, 1]`` as ssd.pytorch does (Caffe SSD leaves them unclipped).
+        clip: clamp the cxcywh values into ``[0, 1]`` as ssd.pytorch does (Caffe SSD leaves them unclipped);
+            ``"size"`` clamps only the widths and heights, as torchvision's ``DefaultBoxGenerator(clip=True)``
+            (so a centre past the border, e.g. ``9.5 * 32 / 300`` on SSD300's 10x10 map, stays as it is).
 
     Returns:
         ``Tensor[A, 4]`` float32 priors ``(cx, cy, w, h)`` relative to the input size.
@@ -134,7 +136,9 @@ def default_boxes(
         ).reshape(-1, 4)
         out.append(boxes)
     priors = torch.cat(out) if out else torch.zeros(0, 4, dtype=torch.float64)
-    if clip:
+    if clip == "size":
+        priors = torch.cat((priors[:, :2], priors[:, 2:].clamp(0.0, 1.0)), dim=1)
+    elif clip:
         priors = priors.clamp(0.0, 1.0)
     return priors.to(torch.float32)
 
@@ -149,7 +153,7 @@ class PriorSpec:
         max_sizes: ``s_k+1`` per source map, pixels at ``size`` (None: no ``sqrt(s_k s_k+1)`` prior).
         aspect_ratios: extra ratios per source map (each adds ``a`` and ``1/a``).
         steps: cell pitch per map in pixels at ``size``, or None to derive it from the measured map sizes.
-        clip: clamp priors to ``[0, 1]``.
+        clip: clamp priors to ``[0, 1]``; ``"size"``: only their widths and heights (torchvision).
         offset: cell-centre offset.
     """
 
@@ -158,7 +162,7 @@ class PriorSpec:
     max_sizes: tuple[float, ...] | None
     aspect_ratios: tuple[tuple[float, ...], ...]
     steps: tuple[float, ...] | None = None
-    clip: bool = True
+    clip: bool | str = True
     offset: float = 0.5
 
     def __post_init__(self) -> None:
@@ -167,6 +171,8 @@ class PriorSpec:
             raise ValueError(f"PriorSpec: min_sizes, max_sizes and aspect_ratios must have one entry per map ({m})")
         if self.steps is not None and len(self.steps) != m:
             raise ValueError(f"PriorSpec: {len(self.steps)} steps for {m} maps")
+        if self.clip not in (True, False, "size"):
+            raise ValueError(f"PriorSpec: clip must be True, False or 'size', got {self.clip!r}")
         if any(a <= 0 for ratios in self.aspect_ratios for a in ratios):
             raise ValueError(f"PriorSpec: aspect ratios must be positive, got {self.aspect_ratios}")
 

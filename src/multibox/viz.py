@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from multibox.structures import Detections
+if TYPE_CHECKING:  # torch is imported only to convert a tensor: drawing works without it (multibox.onnx_runtime)
+    import torch
+
+    from multibox.structures import Detections
 
 __all__ = ["PALETTE", "draw_detections", "image_grid", "to_pil"]
 
@@ -23,6 +26,8 @@ def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
     """A uint8 ``Tensor[3, H, W]`` RGB (or a PIL image) as a PIL RGB image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    import torch
+
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 Tensor[3, H, W], got {image.dtype} {tuple(image.shape)}")
     return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy(), "RGB")

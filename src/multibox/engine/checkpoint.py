@@ -8,6 +8,7 @@ weights, and, for resuming, the optimizer, scheduler, grad scaler, step and RNG 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -119,7 +120,11 @@ def save_safetensors(
 
 
 def load_safetensors(path: str | Path) -> dict[str, Any]:
-    """Load a safetensors file as ``{"model": state_dict, "metadata": {...}}``."""
+    """Load a safetensors file as ``{"model": state_dict, "metadata": {...}}``.
+
+    The metadata entries ``model_args``, ``classes`` and ``preprocess`` (JSON, as ``multibox convert
+    --to-safetensors`` writes them) are also returned decoded at the top level, as in a ``.pt`` checkpoint.
+    """
     try:
         from safetensors import safe_open
     except ImportError as e:  # pragma: no cover
@@ -132,4 +137,11 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
     except Exception as e:
         raise ValueError(f"{path}: cannot be read as safetensors ({type(e).__name__}: {e})") from e
-    return {"model": state, "metadata": metadata}
+    ckpt: dict[str, Any] = {"model": state, "metadata": metadata}
+    for key in ("model_args", "classes", "preprocess"):
+        if key in metadata:
+            try:
+                ckpt[key] = json.loads(metadata[key])
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({e})") from e
+    return ckpt
