@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multibox.models import SSD, create_model, create_model_from_config
+from multibox.models import SSD, create_model, create_model_from_config, list_models
+from multibox.models.fuse import fold_batch_norms
 from multibox.models.mobilenet import (
     SSDLITE320,
     MobileNetV3Backbone,
@@ -479,3 +480,33 @@ def test_channels_last_and_bf16_agree_with_fp32(ssdlite: SSD) -> None:
     for got, want in [(half.cls_logits, ref.cls_logits), (half.box_deltas, ref.box_deltas)]:
         assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
         assert (got.float() - want).square().mean().sqrt() < 0.2 * want.std()
+
+
+# ------------------------------------------------------------------------------------------- BatchNorm folding
+
+
+HEAVY = {"ssd300_resnet50"}  # seconds per forward pass at its minimum input on 2 shared cores
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()])
+def test_folding_batch_norms_keeps_the_function(name: str) -> None:
+    model = create_model(name, 4, image_size=min_input_size(create_model(name, 2).backbone))
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    if norms == 0:  # VGG16: nothing to fold, the copy has the same modules
+        folded = fold_batch_norms(model.eval())
+        assert [type(m) for m in folded.modules()] == [type(m) for m in model.modules()]
+        return
+    model = calibrated(model)  # non-trivial running statistics
+    with pytest.raises(ValueError, match="eval"):
+        fold_batch_norms(model.train())
+    model.eval()
+    folded = fold_batch_norms(model)
+    # Every BatchNorm follows the conv it normalises (the convention fold_batch_norms relies on).
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.Identity) for m in folded.modules()) == norms
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, *model.image_size)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())

@@ -15,18 +15,18 @@ key                                 what
 ``extras.K.{0,1,2}.{0,1}``          the four SSDLite extra blocks (not in torchvision's classifier)
 ==================================  ===========================================================================
 
-§6.3: "we attach the first layer of SSDLite to the last feature extractor layer that has an output stride of 16,
-and attach the second layer of SSDLite to the last feature extractor layer that has an output stride of 32 [...]
-C4 is the expansion layer of the 13-th bottleneck block [...] C5 is the layer immediately before pooling." So the
-first source map is the output of ``features[13].block[0]`` (1x1 expansion + BatchNorm + hard-swish, 672 channels,
-stride 16: 20x20 at 320) and the second that of ``features[16]`` (stride 32, 10x10). Four extra blocks follow
+§6.3 attaches SSDLite's first layer to the last stride-16 layer of the network, C4, which for MobileNetV3-Large is
+the expansion layer of the 13th bottleneck, and its second layer to the last stride-32 layer, C5, the layer just
+before the pooling. So the first source map is the output of ``features[13].block[0]`` (1x1 expansion + BatchNorm
++ hard-swish, 672 channels, stride 16: 20x20 at 320) and the second that of ``features[16]`` (stride 32, 10x10),
+as torchvision's ``SSDLiteFeatureExtractorMobileNet`` splits the network. Four extra blocks follow
 (1x1 conv to half the width, 3x3/s2 depthwise conv, 1x1 conv, each with BatchNorm and ReLU6; widths 512, 256, 256,
 128): maps 5, 3, 2, 1 at 320. The heads are SSDLite's (MobileNetV2 paper, Sandler et al. 2018, §6.2): per map a
 3x3 depthwise conv + BatchNorm + ReLU6, then a 1x1 conv, 6 priors per cell: 3234 priors at 320x320.
 
 All BatchNorm layers use ``eps=0.001, momentum=0.03`` and the weights start from ``N(0, 0.03)`` as torchvision's
 ``ssdlite320_mobilenet_v3_large`` (torchvision ``models/detection/ssdlite.py``). ``reduce_tail`` halves the
-channels between C4 and C5 (§6.3, Table 6); torchvision's released COCO model has it, torchvision's ImageNet
+channels between C4 and C5 (§6.3 and Table 6); torchvision's released COCO model has it, torchvision's ImageNet
 classifier does not, so ImageNet weights load into ``reduce_tail=False`` models only.
 """
 
@@ -120,7 +120,7 @@ def conv_bn_act(
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excite with a hard sigmoid gate (§5.3): ``x * hsigmoid(fc2(relu(fc1(mean_hw(x)))))``.
+    """Squeeze-and-excite with a hard sigmoid gate (§5.2, §5.3): ``x * hsigmoid(fc2(relu(fc1(mean_hw(x)))))``.
 
     Args:
         channels: channels of the input.
@@ -216,7 +216,7 @@ class MobileNetV3Backbone(nn.Module):
     """MobileNetV3-Large up to C5 plus the SSDLite extras; returns the six SSDLite source maps.
 
     Args:
-        width_mult: the width multiplier of Table 2 (channels rounded by :func:`make_divisible`; the extras by
+        width_mult: MobileNet's width multiplier (channels rounded by :func:`make_divisible`; the extras by
             ``max(16, int(d * width_mult))`` as torchvision).
         reduce_tail: halve the widths between C4 and C5 (§6.3).
         extras: output widths of the extra blocks at ``width_mult = 1``.
