@@ -21,7 +21,7 @@ and the post-processing are separate functions. Preprocessing (input size, mean,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -322,6 +322,10 @@ class SSD(nn.Module):
         mean: RGB mean in 0-255 units, stored in :attr:`preprocess`.
         std: RGB std in 0-255 units, stored in :attr:`preprocess`.
         name: the registry name, if built by a registered builder.
+        make_head: builds the head from the measured ``(in_channels, boxes_per_location, num_classes)``; the head maps
+            the source maps to a :class:`~multibox.structures.Prediction` in the prior order and has
+            ``boxes_per_location`` and ``init_weights()``. :class:`MultiboxHead` (3x3 convolutions) by default;
+            SSDLite passes its separable head (:class:`multibox.models.mobilenet.SSDLiteHead`).
 
     Attributes:
         num_classes: classes including the background.
@@ -332,7 +336,7 @@ class SSD(nn.Module):
         preprocess: :class:`Preprocess` (image size, mean, std).
         priors: buffer ``Tensor[A, 4]`` cxcywh in [0, 1] (not in the state dict: it is derived).
         backbone: the backbone module.
-        head: the :class:`MultiboxHead`.
+        head: the head (a :class:`MultiboxHead` unless another was given).
     """
 
     priors: Tensor
@@ -346,6 +350,7 @@ class SSD(nn.Module):
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
         name: str | None = None,
+        make_head: Callable[[list[int], list[int], int], nn.Module] = MultiboxHead,
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
@@ -361,7 +366,7 @@ class SSD(nn.Module):
                 f"the backbone has {len(self.feature_maps)} source maps {self.feature_maps} but the prior spec "
                 f"describes {prior_spec.num_maps}"
             )
-        self.head = MultiboxHead(self.feature_channels, prior_spec.boxes_per_location, num_classes)
+        self.head = make_head(self.feature_channels, prior_spec.boxes_per_location, num_classes)
         self.register_buffer("priors", prior_spec.generate(self.image_size, self.feature_maps), persistent=False)
         # The backbone and the head initialise themselves; init_weights() re-initialises both.
 
@@ -380,7 +385,7 @@ class SSD(nn.Module):
         return int(self.priors.shape[0])
 
     def init_weights(self) -> None:
-        """Initialise from scratch: the backbone's own ``init_weights`` (if any), then the head's xavier/zero."""
+        """Initialise from scratch: the backbone's own ``init_weights`` (if any), then the head's ``init_weights``."""
         init = getattr(self.backbone, "init_weights", None)
         if callable(init):
             init()
