@@ -9,8 +9,9 @@ install:
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
 
+# DEMO_ARGS passes options through, e.g. `make demo DEMO_ARGS="--iters 100 --out /tmp/demo"`.
 demo: install
-	$(PYTHON) -m multibox demo
+	$(PYTHON) -m multibox demo $(DEMO_ARGS)
 
 test: install
 	$(PYTHON) -m ruff check src tests benchmarks
