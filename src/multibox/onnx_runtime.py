@@ -31,6 +31,7 @@ __all__ = [
     "OnnxMetadata",
     "compare_detections",
     "detect_onnx",
+    "detection_record",
     "prepare_image",
     "read_image_array",
     "read_metadata",
@@ -236,6 +237,31 @@ def _expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def detection_record(image: str | Path, width: int, height: int, det: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The JSON record of one image's detections (boxes in its pixels), shared by the torch and onnxruntime paths.
+
+    Args:
+        image: the image file.
+        width, height: its size in pixels.
+        det: anything with ``boxes [N, 4]``, ``scores [N]``, ``labels [N]`` that have ``tolist()`` (tensors, arrays).
+        names: foreground class names (``names[label - 1]``).
+    """
+    return {
+        "image": str(image),
+        "width": int(width),
+        "height": int(height),
+        "detections": [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+                "label": int(label),
+                "class": names[label - 1] if 0 < label <= len(names) else str(label),
+            }
+            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True)
+        ],
+    }
+
+
 def detect_onnx(
     model: str | Path | OnnxDetector,
     inputs: Sequence[str | Path],
@@ -290,24 +316,7 @@ def detect_onnx(
             px = _Detections(
                 y["boxes"][i, :n][sel] * np.asarray([w, h, w, h], np.float32), scores[sel], y["labels"][i, :n][sel]
             )
-            results.append(
-                {
-                    "image": str(f),
-                    "width": int(w),
-                    "height": int(h),
-                    "detections": [
-                        {
-                            "box": [round(v, 2) for v in box],
-                            "score": round(score, 4),
-                            "label": label,
-                            "class": names[label - 1] if 0 < label <= len(names) else str(label),
-                        }
-                        for box, score, label in zip(
-                            px.boxes.tolist(), px.scores.tolist(), px.labels.tolist(), strict=True
-                        )
-                    ],
-                }
-            )
+            results.append(detection_record(f, w, h, px, names))
             if out is not None and draw:
                 from multibox.viz import draw_detections
 

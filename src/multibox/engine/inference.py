@@ -12,6 +12,7 @@ from torch import nn
 
 from multibox.engine.builders import model_from_checkpoint, resolve_device
 from multibox.engine.checkpoint import load_checkpoint
+from multibox.onnx_runtime import detection_record
 from multibox.postprocess import postprocess
 from multibox.structures import Detections
 
@@ -104,24 +105,7 @@ def detect(
         for f, im, d in zip(chunk, images, dets, strict=True):
             h, w = im.shape[-2:]
             px = Detections(*(t.cpu() for t in scale_detections(d, h, w)))
-            results.append(
-                {
-                    "image": str(f),
-                    "width": int(w),
-                    "height": int(h),
-                    "detections": [
-                        {
-                            "box": [round(v, 2) for v in box],
-                            "score": round(score, 4),
-                            "label": label,
-                            "class": names[label - 1] if 0 < label <= len(names) else str(label),
-                        }
-                        for box, score, label in zip(
-                            px.boxes.tolist(), px.scores.tolist(), px.labels.tolist(), strict=True
-                        )
-                    ],
-                }
-            )
+            results.append(detection_record(f, w, h, px, names))
             if out is not None and draw:
                 draw_detections(im, px, names, score_thresh).save(out / f"{f.stem}_det.jpg", quality=90)
     if out is not None:
