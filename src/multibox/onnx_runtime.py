@@ -221,8 +221,12 @@ class OnnxDetector:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def _expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given and the image files inside given folders, as :func:`multibox.engine.inference.expand_inputs`."""
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given and the image files inside given folders (sorted, case-insensitive suffixes).
+
+    Raises:
+        FileNotFoundError: an input does not exist, or nothing to read was found.
+    """
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -295,7 +299,7 @@ def detect_onnx(
             f"lower scores are not in the graph's output",
             stacklevel=2,
         )
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs)
     batch_size = det.fixed_batch or batch_size
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,33 +12,11 @@ from torch import nn
 
 from multibox.engine.builders import model_from_checkpoint, resolve_device
 from multibox.engine.checkpoint import load_checkpoint
-from multibox.onnx_runtime import detection_record
+from multibox.onnx_runtime import IMAGE_SUFFIXES, detection_record, expand_inputs
 from multibox.postprocess import postprocess
 from multibox.structures import Detections
 
 __all__ = ["IMAGE_SUFFIXES", "detect", "expand_inputs", "load_detector", "model_info"]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given and the image files inside given folders (sorted, case-insensitive suffixes).
-
-    Raises:
-        FileNotFoundError: an input does not exist, or nothing to read was found.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"no images found in {[str(i) for i in inputs]}")
-    return files
 
 
 def load_detector(weights: str | Path) -> tuple[nn.Module, list[str]]:
