@@ -73,6 +73,24 @@ def test_two_step_training_on_shapes_writes_checkpoint_and_logs(tmp_path):
     assert all(torch.isfinite(torch.tensor(x["train/loss"])) for x in lines)
     # warmup: lr at step 1 is base * warmup_factor (0.1) then the cosine value
     assert lines[0]["train/lr"] < cfg.train.lr
+    assert all(0.0 <= x["train/data_wait"] <= 1.0 for x in lines)
+    assert 0.0 <= result.data_wait_fraction <= 1.0
+
+
+def test_data_wait_fraction_sees_a_slow_loader(tmp_path, monkeypatch):
+    import time
+
+    from multibox.data.loader import TransformedDataset
+
+    slow = TransformedDataset.__getitem__
+
+    def sleepy(self, index):
+        time.sleep(0.1)  # 0.4 s of loading per 4-image step vs a few ms of compute on 64-px inputs
+        return slow(self, index)
+
+    monkeypatch.setattr(TransformedDataset, "__getitem__", sleepy)
+    result = train(load_config("ssd_tiny_shapes", tiny_overrides(tmp_path)), progress=False)
+    assert result.data_wait_fraction > 0.5
 
 
 @pytest.mark.skipif(shared_data() is None, reason="../shared/data not available")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from multibox.boxes import box_iou
-from multibox.nms import batched_nms, nms, nms_padded
+from multibox.nms import batched_nms, nms, nms_padded, suppression_matrix
 
 
 def greedy_reference(boxes, scores, thr):
@@ -86,3 +86,28 @@ def test_nms_padded_groups_of_mixed_lengths_equal_per_group_loop():
         scores = -members.float()  # sorted order = index order
         expected = members[greedy_reference(boxes[i][members], scores, 0.4)].tolist()
         assert keep[i].nonzero().squeeze(1).tolist() == sorted(expected)
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5])
+def test_suppression_matrix_equals_brute_force_iou(thr):
+    g = torch.Generator().manual_seed(3)
+    boxes = torch.stack([random_boxes(13, g) * 300 for _ in range(3)])  # pixel units, K not a multiple of 8
+    boxes[0, 4] = boxes[0, 3]  # an identical pair
+    valid = torch.rand(3, 13, generator=g) > 0.2
+    sup = suppression_matrix(boxes, thr, valid=valid, columns=16)
+    assert sup.shape == (3, 13, 16) and not sup[..., 13:].any()
+    for n in range(3):
+        iou = box_iou(boxes[n], boxes[n])
+        for i in range(13):
+            for j in range(13):
+                expected = bool(j < i and valid[n, j] and iou[i, j] > thr)
+                assert bool(sup[n, i, j]) == expected, (n, i, j)
+    assert bool(sup[0, 4, 3])
+    assert torch.equal(suppression_matrix(boxes, thr) & valid[:, None, :], sup[..., :13])
+
+
+def test_degenerate_boxes_suppress_nothing_and_are_not_suppressed():
+    # Zero-area boxes have IoU 0/0 with each other: like torchvision (NaN > t is false), neither suppresses.
+    boxes = torch.tensor([[5.0, 5, 5, 9], [5, 5, 5, 9], [0, 0, 10, 10], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1, 2]

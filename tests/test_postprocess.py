@@ -12,6 +12,7 @@ def reference_postprocess(pred, priors, score_thresh=0.01, nms_thresh=0.45, pre_
     for i in range(pred.cls_logits.shape[0]):
         probs = torch.softmax(pred.cls_logits[i], -1)
         boxes = clip_boxes(decode(pred.box_deltas[i], priors))
+        iou = box_iou(boxes, boxes).tolist()  # box_iou itself is checked against a double loop in test_boxes
         dets = []
         for c in range(1, probs.shape[1]):
             cand = [j for j in range(len(priors)) if probs[j, c] > score_thresh]
@@ -19,7 +20,7 @@ def reference_postprocess(pred, priors, score_thresh=0.01, nms_thresh=0.45, pre_
             cand = cand[:pre_nms_top_k]
             kept = []
             for j in cand:
-                if all(float(box_iou(boxes[j : j + 1], boxes[k : k + 1])) <= nms_thresh for k in kept):
+                if all(iou[j][k] <= nms_thresh for k in kept):
                     kept.append(j)
             dets += [(float(probs[j, c]), c, j) for j in kept]
         dets.sort(key=lambda d: -d[0])
@@ -67,3 +68,64 @@ def test_postprocess_single_object_survives_nms():
     # prior 1 overlaps prior 0 with IoU 0.19/0.21 > 0.45 -> suppressed; prior 2 is class 2
     assert det.labels.tolist() == [1, 2]
     torch.testing.assert_close(det.boxes, torch.tensor([[0.4, 0.4, 0.6, 0.6], [0.15, 0.15, 0.25, 0.25]]))
+
+
+def assert_matches_reference(ours, ref, pred, priors):
+    for i, (det, r) in enumerate(zip(ours, ref, strict=True)):
+        assert len(det.scores) == len(r)
+        torch.testing.assert_close(det.scores, torch.tensor([d[0] for d in r]).reshape(-1))
+        assert det.labels.tolist() == [d[1] for d in r]
+        torch.testing.assert_close(det.boxes, clip_boxes(decode(pred.box_deltas[i], priors))[[d[2] for d in r]])
+
+
+def count_paths(monkeypatch):
+    import importlib
+
+    pp = importlib.import_module("multibox.postprocess")  # the package re-exports the function under this name
+
+    calls = {"best_pairs": 0, "per_class": 0}
+    for name, key in (("_best_pairs", "best_pairs"), ("_per_class", "per_class")):
+        original = getattr(pp, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(pp, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(("seed", "top_k", "pre_nms_top_k"), [(4, 10, 30), (5, 25, 200), (6, 3, 5)])
+def test_early_termination_on_top_k_equals_reference(monkeypatch, seed, top_k, pre_nms_top_k):
+    # 6 classes x 300 priors: the image-wide best pairs settle top_k long before every candidate is resolved.
+    calls = count_paths(monkeypatch)
+    pred, priors = make_pred(seed, a=300, c=6, sharp=2.0)
+    kw = {"top_k": top_k, "pre_nms_top_k": pre_nms_top_k}
+    assert_matches_reference(postprocess(pred, priors, **kw), reference_postprocess(pred, priors, **kw), pred, priors)
+    assert calls["best_pairs"] >= 1
+
+
+def test_class_cap_applies_within_the_best_pairs():
+    # Class 1 dominates the image: its 40 best pairs fill the image-wide shortlist, but only pre_nms_top_k = 5
+    # of them may enter NMS; the rest must not displace classes 2 and 3.
+    pred, priors = make_pred(7, b=1, a=200, c=4, sharp=1.0)
+    logits = pred.cls_logits.clone()
+    logits[0, :40, 1] += 12.0
+    pred = Prediction(logits, pred.box_deltas)
+    kw = {"top_k": 8, "pre_nms_top_k": 5}
+    assert_matches_reference(postprocess(pred, priors, **kw), reference_postprocess(pred, priors, **kw), pred, priors)
+
+
+def test_heavy_suppression_falls_back_to_every_candidate(monkeypatch):
+    # All priors sit on one spot: NMS keeps one box per class, so no shortlist reaches top_k and every image ends
+    # in the per-class pass, with the same result as the reference.
+    calls = count_paths(monkeypatch)
+    g = torch.Generator().manual_seed(8)
+    a, c = 120, 5
+    priors = torch.tensor([0.5, 0.5, 0.3, 0.3]).expand(a, 4).clone()
+    pred = Prediction(torch.randn(2, a, c, generator=g), torch.randn(2, a, 4, generator=g) * 0.01)
+    kw = {"top_k": 20, "pre_nms_top_k": 100}
+    ours = postprocess(pred, priors, **kw)
+    assert_matches_reference(ours, reference_postprocess(pred, priors, **kw), pred, priors)
+    assert [len(d.scores) for d in ours] == [4, 4]
+    assert calls == {"best_pairs": 2, "per_class": 1}  # m = 40, 160 (both short), then 640 >= 4 x 100: per class

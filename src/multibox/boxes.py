@@ -65,15 +65,17 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         ``Tensor[..., N, M]``. A pair whose union is empty (two degenerate boxes) has IoU 0, never NaN.
         Empty inputs give an empty matrix of the right shape.
     """
-    a1, b1, a2, b2 = (t.unsqueeze(-1) for t in boxes1.unbind(-1))  # (..., N, 1) each
-    c1, d1, c2, d2 = (t.unsqueeze(-2) for t in boxes2.unbind(-1))  # (..., 1, M) each
-    # Per-coordinate broadcasting is several times faster than a trailing dimension of 2.
-    inter = (torch.minimum(a2, c2) - torch.maximum(a1, c1)).clamp_(min=0) * (
-        torch.minimum(b2, d2) - torch.maximum(b1, d1)
-    ).clamp_(min=0)  # (..., N, M)
-    union = ((a2 - a1).clamp(min=0) * (b2 - b1).clamp(min=0)) + ((c2 - c1).clamp(min=0) * (d2 - d1).clamp(min=0))
-    union = union - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    # Per-coordinate planes, made contiguous: broadcasting unit-stride planes vectorises, strided columns do not.
+    a1, b1, a2, b2 = (t.contiguous().unsqueeze(-1) for t in boxes1.unbind(-1))  # (..., N, 1) each
+    c1, d1, c2, d2 = (t.contiguous().unsqueeze(-2) for t in boxes2.unbind(-1))  # (..., 1, M) each
+    area1 = (a2 - a1).clamp(min=0) * (b2 - b1).clamp(min=0)  # (..., N, 1)
+    area2 = (c2 - c1).clamp(min=0) * (d2 - d1).clamp(min=0)  # (..., 1, M)
+    inter = torch.minimum(a2, c2).sub_(torch.maximum(a1, c1)).clamp_(min=0)
+    inter = inter.mul_(torch.minimum(b2, d2).sub_(torch.maximum(b1, d1)).clamp_(min=0))  # (..., N, M)
+    # inter <= min(area1, area2) holds in floating point too, so union >= inter >= 0, and union == 0 only for two
+    # empty boxes, where inter == 0 as well: clamping the union away from 0 gives IoU 0 there, never NaN.
+    union = (area1 + area2).sub_(inter)
+    return inter / union.clamp_(min=torch.finfo(union.dtype).tiny)
 
 
 def clip_boxes(boxes: Tensor, width: float = 1.0, height: float = 1.0) -> Tensor:

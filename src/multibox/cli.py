@@ -136,7 +136,10 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     print(
         f"demo: VOC07 mAP@0.5 = {s['mAP_voc07']:.4f} (area AP {s['mAP_area']:.4f}) on {s['val_images']} held-out images"
     )
-    print(f"      trained {s['train_steps']} steps in {s['train_seconds']} s ({s['train_images_per_second']} img/s)")
+    print(
+        f"      trained {s['train_steps']} steps in {s['train_seconds']} s ({s['train_images_per_second']} img/s, "
+        f"{100 * s['train_data_wait_fraction']:.1f}% of it waiting for data)"
+    )
     for key in ("checkpoint", "metrics", "pr_curves", "detections"):
         print(f"      {key:<11} {s[key]}")
     return 0
@@ -148,7 +151,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     r = train(load_config(a.config, a.overrides), resume=a.resume, progress=not a.no_progress)
     print(
-        f"trained to step {r.step}; checkpoint: {r.checkpoint}; last loss {r.last_loss.get('loss', float('nan')):.4f}"
+        f"trained to step {r.step}; checkpoint: {r.checkpoint}; last loss {r.last_loss.get('loss', float('nan')):.4f}; "
+        f"{r.images_per_second:.1f} img/s, {100 * r.data_wait_fraction:.1f}% of the time waiting for data"
     )
     return 0
 

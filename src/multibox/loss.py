@@ -36,10 +36,17 @@ def hard_negative_mask(ce: Tensor, positive: Tensor, neg_pos_ratio: float = 3.0)
     a = ce.shape[1]
     num_pos = positive.sum(dim=1, keepdim=True)  # (B, 1)
     num_neg = torch.minimum((neg_pos_ratio * num_pos).long(), a - num_pos)  # (B, 1)
+    k = int(num_neg.max()) if num_neg.numel() else 0
+    if k == 0:
+        return torch.zeros_like(positive)
     hardness = ce.detach().masked_fill(positive, float("-inf"))
-    order = torch.sort(hardness, dim=1, descending=True, stable=True).indices  # (B, A)
-    ranks = torch.arange(a, device=ce.device).expand_as(order)
-    return torch.zeros_like(positive).scatter_(1, order, ranks < num_neg)
+    # The num_neg-th largest hardness of each image (a top-k, not a sort of all A priors), then everything above
+    # it and, among the priors tied with it, the lowest indices: what a stable descending sort would select.
+    tau = hardness.topk(k, dim=1).values.gather(1, (num_neg - 1).clamp(min=0))  # (B, 1)
+    above = hardness > tau
+    tied = hardness == tau
+    need = num_neg - above.sum(dim=1, keepdim=True)
+    return (above | (tied & (tied.cumsum(dim=1) <= need))) & (num_neg > 0)
 
 
 def multibox_loss(
@@ -97,16 +104,17 @@ def multibox_loss(
     num_pos = pos.sum()
 
     # Localisation: smooth-L1 over the positives only (the others may be matched to padding).
-    matched = torch.gather(gt_boxes, 1, m.gt_index.unsqueeze(-1).expand(b, a, 4))  # (B, A, 4)
-    loc_t = encode(matched[pos], priors.expand(b, a, 4)[pos], variances)  # (P, 4)
-    loc = F.smooth_l1_loss(box_deltas[pos], loc_t, reduction="sum", beta=1.0)
-
+    bi, ai = pos.nonzero(as_tuple=True)  # (P,) image and prior of each positive
+    gi = m.gt_index[bi, ai]
+    loc_t = encode(gt_boxes[bi, gi], priors[ai], variances)  # (P, 4)
+    loc = F.smooth_l1_loss(box_deltas[bi, ai], loc_t, reduction="sum", beta=1.0)
     # Confidence: CE on the positives plus the hardest negatives.
     conf_t = torch.where(pos, torch.gather(gt_labels, 1, m.gt_index), 0)  # (B, A)
-    ce = F.cross_entropy(cls_logits.reshape(-1, c), conf_t.reshape(-1), reduction="none").view(b, a)
+    # Cross-entropy as a gather from log_softmax: the same numbers as F.cross_entropy, without nll_loss's slower
+    # per-element path (its weight and ignore_index handling).
+    ce = -F.log_softmax(cls_logits, dim=-1).gather(2, conf_t.unsqueeze(-1)).squeeze(-1)  # (B, A)
     neg = hard_negative_mask(ce, pos, neg_pos_ratio)
-    conf = ce[pos | neg].sum()
-
+    conf = torch.where(pos | neg, ce, 0.0).sum()
     n = num_pos.clamp(min=1).to(cls_logits.dtype)
     loc, conf = loc / n, conf / n
     return {"loc": loc, "conf": conf, "total": loc + conf, "num_pos": num_pos}

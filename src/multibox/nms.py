@@ -17,30 +17,57 @@ from torch import Tensor
 __all__ = ["batched_nms", "nms", "nms_padded", "suppression_matrix"]
 
 
-def suppression_matrix(boxes: Tensor, iou_threshold: float) -> Tensor:
-    """``Tensor[N, K, K]`` bool: ``S[n, i, j]`` is True where ``j < i`` and ``IoU(i, j) > iou_threshold``.
+def suppression_matrix(
+    boxes: Tensor, iou_threshold: float, valid: Tensor | None = None, columns: int | None = None
+) -> Tensor:
+    """``Tensor[N, K, K']`` bool: ``S[n, i, j]`` is True where ``j < i``, ``j`` is valid and ``IoU(i, j) > t``.
 
-    Computed as ``inter (1 + t) > t (area_i + area_j)`` (no division), in chunks of groups sized to stay in
-    cache, which on a CPU is several times faster than materialising the float IoU matrix at once.
+    Computed as ``inter > (t / (1 + t)) (area_i + area_j)`` (no division, no union), which is ``IoU > t`` for
+    positive areas, in chunks of groups sized to stay in cache; on a CPU this is several times faster than
+    materialising the float IoU matrix. Invalid columns are replaced by an empty box far outside any image, so
+    they overlap nothing and need no extra mask; only one of the two overlap extents is clamped (a negative
+    height times a positive width is negative, which never beats the non-negative right-hand side).
 
     Args:
         boxes: ``Tensor[N, K, 4]`` xyxy.
         iou_threshold: ``t``.
+        valid: optional ``Tensor[N, K]`` bool; invalid boxes suppress nothing.
+        columns: ``K' >= K`` columns (the extra ones False), e.g. a multiple of 8 for :func:`_nms_dense`'s words.
     """
     n, k, _ = boxes.shape
-    out = torch.empty(n, k, k, dtype=torch.bool, device=boxes.device)
-    lower = torch.ones(k, k, dtype=torch.bool, device=boxes.device).tril_(-1)
-    chunk = max(1, (1 << 18) // max(k * k, 1))
+    kc = k if columns is None else columns
+    if kc < k:
+        raise ValueError(f"columns ({kc}) must be at least the number of boxes ({k})")
+    boxes = boxes.float()
+    cols = boxes
+    if valid is not None or kc > k:
+        far = torch.finfo(torch.float32).max / 4  # an empty box: x1 = y1 = +far, x2 = y2 = -far
+        sentinel = boxes.new_tensor([far, far, -far, -far])
+        cols = sentinel.expand(n, kc, 4).clone()
+        cols[:, :k] = boxes if valid is None else torch.where(valid[..., None], boxes, sentinel)
+    scale = iou_threshold / (1.0 + iou_threshold)
+    area = ((boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)).mul_(scale)
+    area_c = ((cols[..., 2] - cols[..., 0]).clamp(min=0) * (cols[..., 3] - cols[..., 1]).clamp(min=0)).mul_(scale)
+    out = torch.empty(n, k, kc, dtype=torch.bool, device=boxes.device)
+    chunk = max(1, (1 << 19) // max(k * kc, 1))
+    m = min(chunk, n)
+    w = boxes.new_empty(m, k, kc)
+    h, tmp = torch.empty_like(w), torch.empty_like(w)
+    rx1, ry1, rx2, ry2 = (v.contiguous() for v in boxes.unbind(-1))  # unit-stride planes: vectorised broadcasts
+    cx1, cy1, cx2, cy2 = (v.contiguous() for v in cols.unbind(-1))
     for s in range(0, n, chunk):
-        b = boxes[s : s + chunk]
-        x1, y1, x2, y2 = b.unbind(-1)  # (n', K) each
-        area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-        w = torch.minimum(x2[:, :, None], x2[:, None, :]).sub_(torch.maximum(x1[:, :, None], x1[:, None, :]))
-        h = torch.minimum(y2[:, :, None], y2[:, None, :]).sub_(torch.maximum(y1[:, :, None], y1[:, None, :]))
-        inter = w.clamp_(min=0).mul_(h.clamp_(min=0))  # (n', K, K)
-        union_t = (area[:, :, None] + area[:, None, :]).mul_(iou_threshold)
-        torch.logical_and(inter.mul_(1.0 + iou_threshold) > union_t, lower, out=out[s : s + chunk])
-    return out
+        e = min(s + chunk, n)
+        ww, hh, tt = w[: e - s], h[: e - s], tmp[: e - s]
+        torch.minimum(rx2[s:e, :, None], cx2[s:e, None, :], out=ww)
+        torch.maximum(rx1[s:e, :, None], cx1[s:e, None, :], out=tt)
+        ww.sub_(tt).clamp_(min=0)
+        torch.minimum(ry2[s:e, :, None], cy2[s:e, None, :], out=hh)
+        torch.maximum(ry1[s:e, :, None], cy1[s:e, None, :], out=tt)
+        ww.mul_(hh.sub_(tt))  # intersection (or a negative number where the boxes do not overlap)
+        torch.add(area[s:e, :, None], area_c[s:e, None, :], out=tt)
+        torch.gt(ww, tt, out=out[s:e])
+    lower = torch.ones(k, kc, dtype=torch.bool, device=boxes.device).tril_(-1)
+    return out.logical_and_(lower)
 
 
 def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
@@ -70,7 +97,9 @@ def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
         if hi <= lo:
             continue
         rows = ((length > lo) & (length <= hi)).nonzero().squeeze(1)
-        if rows.numel():
+        if rows.numel() == length.numel():  # all groups in one bucket: no gather/scatter copies
+            keep[:, :hi] = _nms_dense(boxes[:, :hi], valid[:, :hi], iou_threshold)
+        elif rows.numel():
             keep[rows, :hi] = _nms_dense(boxes[rows, :hi], valid[rows, :hi], iou_threshold)
         lo = hi
     return keep.reshape(*lead, k)
@@ -80,23 +109,27 @@ _BUCKETS = (8, 32, 96)
 
 
 def _nms_dense(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
-    """:func:`nms_padded` on ``boxes Tensor[N, K, 4]``, ``valid Tensor[N, K]`` without bucketing."""
-    k = boxes.shape[1]
-    keep = valid.clone()
-    sup = suppression_matrix(boxes, iou_threshold)  # (N, K, K)
-    sup &= keep[:, None, :]  # invalid candidates suppress nothing
-    # Only groups with at least one possible suppression need sweeps.
-    active = sup.flatten(1).any(1).nonzero().squeeze(1)
-    if active.numel():
-        s, v = sup[active], keep[active]
-        cur = v
-        for _ in range(k):
-            nxt = v & ~(s & cur[:, None, :]).any(-1)  # one Jacobi sweep of the triangular system
-            if torch.equal(nxt, cur):
-                break
-            cur = nxt
-        keep[active] = cur
-    return keep
+    """:func:`nms_padded` on ``boxes Tensor[N, K, 4]``, ``valid Tensor[N, K]`` without bucketing.
+
+    The sweeps read the suppression matrix 8 entries at a time: its bool rows (padded to a multiple of 8) are
+    viewed as int64 words, and ``any_j(S[i, j] & keep[j])`` becomes a word-wise AND with the packed ``keep``.
+    """
+    n, k = valid.shape
+    kp = -(-k // 8) * 8
+    sup = suppression_matrix(boxes, iou_threshold, valid=valid, columns=kp)  # (N, K, Kp), invalid columns False
+    # Tracers (ONNX export runs this eagerly under the tracer) do not know dtype views: plain bools there.
+    packed = not torch.jit.is_tracing()
+    words = sup.view(torch.uint8).view(torch.int64) if packed else sup  # (N, K, Kp / 8) or (N, K, Kp)
+    cur = torch.zeros(n, kp, dtype=torch.bool, device=valid.device)
+    cur[:, :k] = valid
+    for _ in range(k + 1):
+        cur_words = cur.view(torch.uint8).view(torch.int64) if packed else cur
+        hit = (words & cur_words[:, None, :]).any(-1)  # (N, K)
+        nxt = valid & ~hit  # one Jacobi sweep of the triangular system
+        if torch.equal(nxt, cur[:, :k]):
+            break
+        cur[:, :k] = nxt
+    return cur[:, :k].clone()
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

@@ -44,6 +44,8 @@ class TrainResult:
     last_loss: dict[str, float]
     images_per_second: float
     out_dir: Path
+    data_wait_fraction: float = 0.0
+    """The share of the run's wall time spent waiting for the next batch (the loader not keeping up)."""
 
 
 def model_args(model: nn.Module) -> dict[str, Any]:
@@ -254,14 +256,17 @@ def train(
     batches = iter(loader)
     model.train()
     last: dict[str, float] = {}
-    seen, t_start, ckpt_path = 0, time.perf_counter(), None
+    seen, t_start, ckpt_path, wait_total = 0, time.perf_counter(), None, 0.0
     try:
         while step < max_iters:
             optimizer.zero_grad(set_to_none=True)
             sums = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
             t0 = time.perf_counter()
+            wait = 0.0
             for k in range(tc.grad_accum):
+                t_wait = time.perf_counter()
                 images, items = next(batches)
+                wait += time.perf_counter() - t_wait
                 ids = [t.get("image_id") for t in items]
                 images = images.to(device, non_blocking=True)
                 if tc.channels_last:
@@ -289,7 +294,13 @@ def train(
             scheduler.step()
             step += 1
             dt = time.perf_counter() - t0
-            last = {**sums, "lr": optimizer.param_groups[0]["lr"], "img_s": tc.batch_size / max(dt, 1e-9)}
+            wait_total += wait
+            last = {
+                **sums,
+                "lr": optimizer.param_groups[0]["lr"],
+                "img_s": tc.batch_size / max(dt, 1e-9),
+                "data_wait": wait / max(dt, 1e-9),
+            }
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss']:.3f}", lr=f"{last['lr']:.2e}", img_s=f"{last['img_s']:.1f}")
@@ -306,4 +317,4 @@ def train(
         if owns_pg:
             dist.destroy_process_group()
     elapsed = time.perf_counter() - t_start
-    return TrainResult(ckpt_path, step, last, seen / max(elapsed, 1e-9), out_dir)
+    return TrainResult(ckpt_path, step, last, seen / max(elapsed, 1e-9), out_dir, wait_total / max(elapsed, 1e-9))
