@@ -16,9 +16,17 @@ def test_path_agreement_by_hand():
     # the candidate finds one of the two objects: AP 1 for class 1, 0 for class 2
     half = [Detections(ref[0].boxes[:1], ref[0].scores[:1], ref[0].labels[:1])]
     assert path_agreement(ref, half) == 0.5
-    # nothing above min_score -> each image's 10 best reference boxes are the objects
+    # nothing above min_score -> the 10 x images best reference boxes over all images are the objects
     low = [Detections(ref[0].boxes, torch.tensor([0.1, 0.05]), ref[0].labels)]
     assert path_agreement(low, low) == 1.0
+    # an untrained model's many low scores, interleaved across images: a path still agrees with itself exactly
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 30, 2, generator=g) * 80
+    scores = torch.rand(2, 30, generator=g).sort(descending=True).values * 0.2
+    labels = torch.randint(1, 3, (2, 30), generator=g)
+    many = [Detections(torch.cat((xy[i], xy[i] + 15), 1), scores[i], labels[i]) for i in range(2)]
+    assert path_agreement(many, many) == 1.0
+    assert path_agreement(many, [many[0], Detections(many[1].boxes[:0], many[1].scores[:0], many[1].labels[:0])]) < 0.8
 
 
 def test_bench_rows_for_a_tiny_model():

@@ -115,15 +115,18 @@ def path_agreement(reference: Sequence[Detections], candidate: Sequence[Detectio
     """VOC area AP (IoU 0.5) of ``candidate`` scored against ``reference`` detections as ground truth.
 
     Reference detections below ``min_score`` are not counted as objects; if no reference detection reaches it (an
-    untrained model), each image's 10 best reference detections are the objects instead. 1.0 means the path finds
-    the same boxes with the same ranking.
+    untrained model), the ``10 x images`` best reference detections over all images are the objects instead.
+    1.0 means the path finds the same boxes with the same ranking.
     """
     from multibox.metrics import voc_ap
 
     if not any(bool((d.scores >= min_score).any()) for d in reference):
-        keep = [torch.arange(min(10, len(d.scores))) for d in reference]
-    else:
-        keep = [(d.scores >= min_score).nonzero().squeeze(1) for d in reference]
+        # One threshold over all images (the best 10 per image on average): per-image cut-offs would rank one
+        # image's non-objects above another's objects, and a path would not even agree with itself.
+        scores = torch.cat([d.scores.float() for d in reference])
+        n = min(scores.numel(), 10 * len(reference))
+        min_score = float(scores.topk(n).values[-1]) if n else float("inf")
+    keep = [(d.scores >= min_score).nonzero().squeeze(1) for d in reference]
     gts = [{"boxes": d.boxes[k], "labels": d.labels[k]} for d, k in zip(reference, keep, strict=True)]
     return voc_ap(list(candidate), gts, iou_threshold=0.5, use_07_metric=False).mean_ap
 
