@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from multibox import create_model
@@ -45,3 +47,16 @@ def test_bench_rows_for_a_tiny_model():
 
 def test_matmul_peak_is_positive():
     assert math.isfinite(matmul_peak_gflops(n=256)) and matmul_peak_gflops(n=256) > 0
+
+
+def test_bench_onnxruntime_path():
+    pytest.importorskip("onnxruntime")
+    from multibox.engine.bench import available_paths
+
+    assert available_paths(torch.device("cpu"), onnx=True)[-1] == "onnxruntime"
+    model = create_model("ssd_tiny", 4, image_size=64, width=4)
+    ds = ShapesDataset(2, 80, seed=1)
+    images = torch.stack([ds[i][0] for i in range(2)])
+    rows = bench_model(model, images, batch_sizes=(2,), paths=["fp32", "onnxruntime"], repeat=2, warmup=1)
+    assert [r.path for r in rows] == ["fp32", "onnxruntime"]
+    assert rows[1].net_ms > 0 and rows[1].agreement > 0.9  # the same network in another runtime

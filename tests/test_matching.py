@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from multibox.matching import match, match_iou, pad_targets
@@ -60,3 +61,14 @@ def test_pad_targets_marks_degenerate_boxes_invalid():
     )
     assert boxes.shape == (2, 2, 4) and labels.tolist() == [[1, 2], [0, 0]]
     assert valid.tolist() == [[True, False], [False, False]]
+
+
+def test_pad_targets_all_empty_and_bad_shapes():
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    boxes, labels, valid = pad_targets([empty, empty])
+    assert boxes.shape == (2, 1, 4) and labels.shape == (2, 1) and not valid.any()
+    assert pad_targets([])[0].shape == (0, 1, 4)
+    with pytest.raises(ValueError, match="target 1: expected boxes"):
+        pad_targets([empty, (torch.zeros(2, 5), torch.zeros(2))])
+    with pytest.raises(ValueError, match="target 0: expected boxes"):
+        pad_targets([(torch.zeros(2, 4), torch.zeros(3))])

@@ -24,7 +24,7 @@ EXAMPLES = {
     "  multibox convert vgg16_reducedfc.pth --from ssd.pytorch-base --out base.pt\n"
     "  multibox convert runs/demo/last.pt --to-safetensors --out last.safetensors",
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
-    "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8\n"
+    "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8 --onnx\n"
     "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
     "scan": "example:\n  multibox scan ../shared/data/cards --split train",
     "anchors": "example:\n  multibox anchors ../shared/data/cards --model ssd300_vgg16\n"
@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", default=None, help="a checkpoint (trained weights make the agreement meaningful)")
     b.add_argument("--num-classes", type=int, default=21)
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    b.add_argument("--paths", nargs="+", default=None, help="fp32 channels_last bf16 fp16 compile")
+    b.add_argument("--paths", nargs="+", default=None, help="fp32 channels_last bf16 fp16 compile onnxruntime")
     b.add_argument("--compile", action="store_true", help="also time torch.compile")
+    b.add_argument("--onnx", action="store_true", help="also time onnxruntime (CPU; needs the export extra)")
     b.add_argument("--repeat", type=int, default=7)
     b.add_argument("--device", default="cpu")
 
@@ -287,7 +288,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     h, w = model.preprocess.image_size
     shapes = ShapesDataset(max(a.batch_sizes), (h, w), seed=123)
     images = torch.stack([shapes[i][0] for i in range(len(shapes))])
-    paths = a.paths or available_paths(device, compile=a.compile)
+    paths = a.paths or available_paths(device, compile=a.compile, onnx=a.onnx)
     rows = bench_model(model, images, batch_sizes=a.batch_sizes, paths=paths, device=device, repeat=a.repeat,
                        gflops_per_image=info["gflops"])  # fmt: skip
     peaks = {"fp32": matmul_peak_gflops(torch.float32, device.type)}

@@ -81,9 +81,8 @@ def multibox_loss(
     if priors.shape != (a, 4):
         raise ValueError(f"priors have shape {tuple(priors.shape)} but the predictions have {a} boxes")
     gt_boxes, gt_labels, valid = pad_targets(targets, cls_logits.device)
-    present = gt_labels.new_zeros(gt_labels.shape, dtype=torch.bool)
-    for i, (bx, _) in enumerate(targets):
-        present[i, : bx.shape[0]] = True
+    lengths = torch.tensor([int(bx.shape[0]) for bx, _ in targets], device=gt_labels.device)
+    present = torch.arange(gt_labels.shape[1], device=gt_labels.device) < lengths[:, None]  # (B, G)
     bad_labels = present & ((gt_labels < 1) | (gt_labels >= c))
     if bad_labels.any():
         i, j = bad_labels.nonzero()[0].tolist()

@@ -8,6 +8,8 @@ post-processing and the whole pipeline, for each inference path:
 - ``bf16``: ``torch.autocast`` bfloat16 + channels_last (CPUs with avx512-bf16/AMX, or CUDA);
 - ``fp16``: autocast float16 + channels_last (CUDA only);
 - ``compile``: ``torch.compile`` of the best eager path (optional, slow to warm up);
+- ``onnxruntime``: the network exported to ONNX (raw outputs) and run by onnxruntime's CPU provider with as many
+  intra-op threads as torch uses (optional, needs the ``export`` extra); pre- and post-processing as the others;
 
 all under ``torch.inference_mode``. It also measures the machine's matmul peak so that the network's achieved
 GFLOP/s can be read against it, and the *agreement* of each path with fp32: VOC AP of the path's detections
@@ -17,6 +19,7 @@ scored against the fp32 detections (score >= 0.3) as ground truth.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -27,7 +30,7 @@ import torch
 from torch import nn
 
 from multibox.postprocess import postprocess
-from multibox.structures import Detections
+from multibox.structures import Detections, Prediction
 
 __all__ = ["BenchRow", "available_paths", "bench_model", "format_table", "matmul_peak_gflops", "path_agreement"]
 
@@ -76,8 +79,17 @@ def _bf16_supported(device: torch.device) -> bool:
     return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
 
 
-def available_paths(device: torch.device, compile: bool = False) -> list[str]:
-    """The inference paths that make sense on ``device``."""
+def _onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_paths(device: torch.device, compile: bool = False, onnx: bool = False) -> list[str]:
+    """The inference paths that make sense on ``device`` (``onnx``: add onnxruntime on the CPU if installed)."""
     paths = ["fp32", "channels_last"]
     if _bf16_supported(device):
         paths.append("bf16")
@@ -85,7 +97,29 @@ def available_paths(device: torch.device, compile: bool = False) -> list[str]:
         paths.append("fp16")
     if compile:
         paths.append("compile")
+    if onnx and device.type == "cpu" and _onnxruntime_available():
+        paths.append("onnxruntime")
     return paths
+
+
+class _OnnxNetwork:
+    """The model's network as an onnxruntime session returning a :class:`Prediction` (CPU tensors)."""
+
+    def __init__(self, model: nn.Module, folder: str) -> None:
+        import onnxruntime as ort
+
+        from multibox.export import export_onnx
+
+        path = f"{folder}/network.onnx"
+        export_onnx(model, path, with_postprocess=False, check=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> Prediction:
+        cls_logits, box_deltas = self.session.run(None, {self.input_name: x.contiguous().numpy()})
+        return Prediction(torch.from_numpy(cls_logits), torch.from_numpy(box_deltas))
 
 
 def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Module, Callable[[], Any], bool]:
@@ -170,8 +204,14 @@ def bench_model(
     priors = model.priors.to(device)
     rows: list[BenchRow] = []
     reference: dict[int, list[Detections]] = {}
+    tmp = tempfile.TemporaryDirectory(prefix="multibox-bench-")
     for path in paths:
-        net, ctx, cl = _prepare(model, path, device)
+        if path == "onnxruntime":
+            if device.type != "cpu":
+                raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
+            net, ctx, cl = _OnnxNetwork(model.cpu().eval(), tmp.name), nullcontext, False
+        else:
+            net, ctx, cl = _prepare(model, path, device)
         for bs in batch_sizes:
             src = images[:bs]
 
@@ -206,6 +246,7 @@ def bench_model(
                 agreement = path_agreement(reference[bs], dets)
             gf = (gflops_per_image or 0.0) * bs / (net_ms * 1e-3) if gflops_per_image else 0.0
             rows.append(BenchRow(path, bs, pre_ms, net_ms, post_ms, total_ms, bs / (total_ms * 1e-3), gf, agreement))
+    tmp.cleanup()
     return rows
 
 
