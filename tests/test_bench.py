@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 import torch
 
 from multibox import create_model
