@@ -7,6 +7,8 @@ the scores above ``score_thresh``, the ``pre_nms_top_k`` best of them, greedy NM
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -65,8 +67,9 @@ def postprocess(
     candidate. Greedy NMS decides a candidate's fate from the higher-scored candidates of its class alone, so the
     ``M`` best candidates of an image (over all classes) can be resolved on their own; once ``top_k`` of them
     survive, nothing scored lower can enter the output. The image's best ``M = 4 top_k`` (class, prior) pairs are
-    resolved first, ``4 M`` for the images that did not reach ``top_k`` yet, and the few images still short (heavy
-    suppression) go through all per-class candidates. With ``21`` classes this is about 40x fewer IoU pairs in the
+    resolved first; the images that did not reach ``top_k`` get a longer shortlist, scaled by the share of pairs
+    that survived (at least ``2 M``), until it would hold every candidate, when they go through all per-class
+    candidates. With ``21`` classes this is about 40x fewer IoU pairs in the
     common case and an image-wide top-k instead of one per class.
 
     Args:
@@ -100,15 +103,17 @@ def postprocess(
             for i, det in zip(todo.tolist(), _per_class(sub, priors, variances=variances, **kw), strict=True):
                 out[i] = det
             break
-        done = _best_pairs(probs[todo], deltas[todo], priors, m, variances=variances, **kw)
-        short = []
-        for i, det in zip(todo.tolist(), done, strict=True):
+        done, kept = _best_pairs(probs[todo], deltas[todo], priors, m, variances=variances, **kw)
+        short, fewest = [], top_k
+        for i, det, n_kept in zip(todo.tolist(), done, kept, strict=True):
             if det is None:
                 short.append(i)
+                fewest = min(fewest, n_kept)
             else:
                 out[i] = det
         todo = torch.tensor(short, dtype=torch.int64)
-        m *= 4
+        # Next shortlist: scaled by the survival rate seen (with a margin), at least twice as long.
+        m = max(2 * m, math.ceil(1.25 * m * top_k / max(fewest, 1)))
     return out  # type: ignore[return-value]
 
 
@@ -123,8 +128,12 @@ def _best_pairs(
     pre_nms_top_k: int,
     top_k: int,
     variances: tuple[float, float],
-) -> list[Detections | None]:
-    """Resolve each image's ``m`` best (prior, class) pairs; None for an image that needs more of them."""
+) -> tuple[list[Detections | None], list[int]]:
+    """Resolve each image's ``m`` best (prior, class) pairs.
+
+    Returns:
+        Per image its detections, or None where more pairs are needed; and how many of its pairs survived NMS.
+    """
     n, a, c = probs.shape
     k = min(pre_nms_top_k, a)
     # The m best pairs lie among the m priors with the best foreground maximum (a prior with a pair scoring s has a
@@ -164,7 +173,7 @@ def _best_pairs(
             continue
         sel = keep[i].nonzero().squeeze(1)[:top_k]
         result.append(Detections(boxes[i, sel], scores[i, sel], labels[i, sel]))
-    return result
+    return result, kept.tolist()
 
 
 def _per_class(
