@@ -4,7 +4,7 @@ For a model and batch sizes it times (median of ``repeat`` runs after warm-up) p
 post-processing and the whole pipeline, for each inference path:
 
 - ``fp32``: eager NCHW float32 (the reference);
-- ``channels_last``: NHWC memory format;
+- ``channels_last``: NHWC memory format, BatchNorm folded into the convolutions (as every path below);
 - ``bf16``: ``torch.autocast`` bfloat16 + channels_last (CPUs with avx512-bf16/AMX, or CUDA);
 - ``fp16``: autocast float16 + channels_last (CUDA only);
 - ``compile``: ``torch.compile`` of the best eager path (optional, slow to warm up);
@@ -123,11 +123,17 @@ class _OnnxNetwork:
 
 
 def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Module, Callable[[], Any], bool]:
-    """``(model, autocast context factory, channels_last)`` for a path."""
+    """``(model, autocast context factory, channels_last)`` for a path.
+
+    Every path but the ``fp32`` reference runs a copy with BatchNorm folded into the preceding convolutions (exact
+    up to rounding; the agreement column checks it), in NHWC.
+    """
+    from multibox.models.fuse import fold_batch_norms
+
     model = model.to(device).eval()
     cl = path != "fp32"
     if cl:
-        model = model.to(memory_format=torch.channels_last)
+        model = fold_batch_norms(model).to(memory_format=torch.channels_last)
     if path in ("bf16", "compile"):
         dtype = torch.bfloat16
     elif path == "fp16":
