@@ -6,8 +6,6 @@ on a GPU with ``pytest tests/test_cuda.py``.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -84,21 +82,10 @@ def test_two_step_amp_training_on_cuda(tmp_path, amp):
 
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    sets = {
-        "model.image_size": 64,
-        "model.kwargs": {"width": 4},
-        "data.shapes_train": 16,
-        "data.shapes_val": 8,
-        "data.num_workers": 0,
-        "train.batch_size": 4,
-        "train.max_iters": 2,
-        "train.warmup_iters": 1,
-        "train.device": "cuda",
-        "train.amp": amp,
-        "train.channels_last": True,
-        "train.out_dir": str(tmp_path),
-    }
-    result = train(load_config("ssd_tiny_shapes", [f"{k}={json.dumps(v)}" for k, v in sets.items()]), progress=False)
+    from test_engine import tiny_overrides
+
+    sets = tiny_overrides(tmp_path, **{"train.device": "cuda", "train.amp": amp, "train.channels_last": True})
+    result = train(load_config("ssd_tiny_shapes", sets), progress=False)
     assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.last_loss.values())
     ckpt = load_checkpoint(result.checkpoint)  # saved from the GPU, loads on the CPU
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
