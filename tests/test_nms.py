@@ -111,3 +111,22 @@ def test_degenerate_boxes_suppress_nothing_and_are_not_suppressed():
     boxes = torch.tensor([[5.0, 5, 5, 9], [5, 5, 5, 9], [0, 0, 10, 10], [0, 0, 10, 10]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     assert nms(boxes, scores, 0.5).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_long_clustered_groups_equal_greedy_loop(seed):
+    # Groups longer than the last dense bucket go through the blocked solver: candidates drawn around three objects
+    # (most suppressed by the first block) mixed with scattered ones, invalid holes, and 170 = not a block multiple.
+    g = torch.Generator().manual_seed(seed)
+    k = 170
+    centres = torch.rand(3, 2, generator=g) * 0.6 + 0.2
+    pick = torch.randint(0, 4, (2, k), generator=g)
+    xy = torch.where((pick < 3)[..., None], centres[pick.clamp(max=2)] + torch.randn(2, k, 2, generator=g) * 0.01,
+                     torch.rand(2, k, 2, generator=g))  # fmt: skip
+    boxes = torch.cat((xy - 0.1, xy + 0.1), -1)
+    valid = torch.rand(2, k, generator=g) > 0.1
+    keep = nms_padded(boxes, valid, 0.45)
+    for i in range(2):
+        members = valid[i].nonzero().squeeze(1)
+        expected = members[greedy_reference(boxes[i][members], -members.float(), 0.45)].tolist()
+        assert keep[i].nonzero().squeeze(1).tolist() == sorted(expected)

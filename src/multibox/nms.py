@@ -17,43 +17,31 @@ from torch import Tensor
 __all__ = ["batched_nms", "nms", "nms_padded", "suppression_matrix"]
 
 
-def suppression_matrix(
-    boxes: Tensor, iou_threshold: float, valid: Tensor | None = None, columns: int | None = None
-) -> Tensor:
-    """``Tensor[N, K, K']`` bool: ``S[n, i, j]`` is True where ``j < i``, ``j`` is valid and ``IoU(i, j) > t``.
+def overlaps(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
+    """``Tensor[N, R, C]`` bool: ``IoU(rows[n, i], cols[n, j]) > iou_threshold``, for boxes of positive area.
 
-    Computed as ``inter > (t / (1 + t)) (area_i + area_j)`` (no division, no union), which is ``IoU > t`` for
-    positive areas, in chunks of groups sized to stay in cache; on a CPU this is several times faster than
-    materialising the float IoU matrix. Invalid columns are replaced by an empty box far outside any image, so
-    they overlap nothing and need no extra mask; only one of the two overlap extents is clamped (a negative
-    height times a positive width is negative, which never beats the non-negative right-hand side).
+    Computed as ``inter > (t / (1 + t)) (area_i + area_j)`` (no division, no union), in chunks of groups sized to
+    stay in cache; on a CPU this is several times faster than materialising the float IoU matrix. Only one of the
+    two overlap extents is clamped (a negative height times a positive width is negative, which never beats the
+    non-negative right-hand side), and a pair of empty boxes is never above any threshold (``0 > 0`` is false).
 
     Args:
-        boxes: ``Tensor[N, K, 4]`` xyxy.
+        rows: ``Tensor[N, R, 4]`` xyxy.
+        cols: ``Tensor[N, C, 4]`` xyxy.
         iou_threshold: ``t``.
-        valid: optional ``Tensor[N, K]`` bool; invalid boxes suppress nothing.
-        columns: ``K' >= K`` columns (the extra ones False), e.g. a multiple of 8 for :func:`_nms_dense`'s words.
     """
-    n, k, _ = boxes.shape
-    kc = k if columns is None else columns
-    if kc < k:
-        raise ValueError(f"columns ({kc}) must be at least the number of boxes ({k})")
-    boxes = boxes.float()
-    cols = boxes
-    if valid is not None or kc > k:
-        far = torch.finfo(torch.float32).max / 4  # an empty box: x1 = y1 = +far, x2 = y2 = -far
-        sentinel = boxes.new_tensor([far, far, -far, -far])
-        cols = sentinel.expand(n, kc, 4).clone()
-        cols[:, :k] = boxes if valid is None else torch.where(valid[..., None], boxes, sentinel)
+    rows, cols = rows.float(), cols.float()
+    n, r, _ = rows.shape
+    c = cols.shape[1]
     scale = iou_threshold / (1.0 + iou_threshold)
-    area = ((boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)).mul_(scale)
+    area_r = ((rows[..., 2] - rows[..., 0]).clamp(min=0) * (rows[..., 3] - rows[..., 1]).clamp(min=0)).mul_(scale)
     area_c = ((cols[..., 2] - cols[..., 0]).clamp(min=0) * (cols[..., 3] - cols[..., 1]).clamp(min=0)).mul_(scale)
-    out = torch.empty(n, k, kc, dtype=torch.bool, device=boxes.device)
-    chunk = max(1, (1 << 19) // max(k * kc, 1))
+    out = torch.empty(n, r, c, dtype=torch.bool, device=rows.device)
+    chunk = max(1, (1 << 19) // max(r * c, 1))
     m = min(chunk, n)
-    w = boxes.new_empty(m, k, kc)
+    w = rows.new_empty(m, r, c)
     h, tmp = torch.empty_like(w), torch.empty_like(w)
-    rx1, ry1, rx2, ry2 = (v.contiguous() for v in boxes.unbind(-1))  # unit-stride planes: vectorised broadcasts
+    rx1, ry1, rx2, ry2 = (v.contiguous() for v in rows.unbind(-1))  # unit-stride planes: vectorised broadcasts
     cx1, cy1, cx2, cy2 = (v.contiguous() for v in cols.unbind(-1))
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
@@ -64,10 +52,43 @@ def suppression_matrix(
         torch.minimum(ry2[s:e, :, None], cy2[s:e, None, :], out=hh)
         torch.maximum(ry1[s:e, :, None], cy1[s:e, None, :], out=tt)
         ww.mul_(hh.sub_(tt))  # intersection (or a negative number where the boxes do not overlap)
-        torch.add(area[s:e, :, None], area_c[s:e, None, :], out=tt)
+        torch.add(area_r[s:e, :, None], area_c[s:e, None, :], out=tt)
         torch.gt(ww, tt, out=out[s:e])
+    return out
+
+
+def _without_invalid(boxes: Tensor, valid: Tensor, columns: int) -> Tensor:
+    """``boxes`` padded to ``columns`` with invalid ones replaced by an empty box far outside any image."""
+    n, k, _ = boxes.shape
+    far = torch.finfo(torch.float32).max / 4  # x1 = y1 = +far, x2 = y2 = -far: overlaps nothing
+    sentinel = boxes.new_tensor([far, far, -far, -far], dtype=torch.float32)
+    cols = sentinel.expand(n, columns, 4).clone()
+    cols[:, :k] = torch.where(valid[..., None], boxes.float(), sentinel)
+    return cols
+
+
+def suppression_matrix(
+    boxes: Tensor, iou_threshold: float, valid: Tensor | None = None, columns: int | None = None
+) -> Tensor:
+    """``Tensor[N, K, K']`` bool: ``S[n, i, j]`` is True where ``j < i``, ``j`` is valid and ``IoU(i, j) > t``.
+
+    Args:
+        boxes: ``Tensor[N, K, 4]`` xyxy.
+        iou_threshold: ``t`` (see :func:`overlaps` for how the test is computed).
+        valid: optional ``Tensor[N, K]`` bool; invalid boxes suppress nothing.
+        columns: ``K' >= K`` columns (the extra ones False), e.g. a multiple of 8 for :func:`_nms_dense`'s words.
+    """
+    k = boxes.shape[1]
+    kc = k if columns is None else columns
+    if kc < k:
+        raise ValueError(f"columns ({kc}) must be at least the number of boxes ({k})")
+    cols = boxes
+    if valid is not None or kc > k:
+        cols = _without_invalid(
+            boxes, valid if valid is not None else torch.ones_like(boxes[..., 0], dtype=torch.bool), kc
+        )
     lower = torch.ones(k, kc, dtype=torch.bool, device=boxes.device).tril_(-1)
-    return out.logical_and_(lower)
+    return overlaps(boxes, cols, iou_threshold).logical_and_(lower)
 
 
 def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
@@ -97,15 +118,44 @@ def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
         if hi <= lo:
             continue
         rows = ((length > lo) & (length <= hi)).nonzero().squeeze(1)
+        solve = _nms_dense if hi <= _BUCKETS[-1] else _nms_blocked
         if rows.numel() == length.numel():  # all groups in one bucket: no gather/scatter copies
-            keep[:, :hi] = _nms_dense(boxes[:, :hi], valid[:, :hi], iou_threshold)
+            keep[:, :hi] = solve(boxes[:, :hi], valid[:, :hi], iou_threshold)
         elif rows.numel():
-            keep[rows, :hi] = _nms_dense(boxes[rows, :hi], valid[rows, :hi], iou_threshold)
+            keep[rows, :hi] = solve(boxes[rows, :hi], valid[rows, :hi], iou_threshold)
         lo = hi
     return keep.reshape(*lead, k)
 
 
 _BUCKETS = (8, 32, 96)
+
+
+def _nms_blocked(boxes: Tensor, valid: Tensor, iou_threshold: float, block: int = 32) -> Tensor:
+    """:func:`nms_padded` for long groups, a block of candidates at a time, dropping what is already suppressed.
+
+    The next ``block`` live candidates of every group are solved exactly among themselves (every earlier kept box has
+    already removed what it overlaps), their kept boxes remove the later candidates they overlap, and the survivors
+    are packed to the front for the next block. Where a few objects draw most candidates (a trained model), the
+    first block removes most of a group and the work is about ``K x block`` pairs instead of ``K^2``.
+    """
+    n, k = valid.shape
+    keep = torch.zeros_like(valid)
+    index = torch.arange(k, device=valid.device).expand(n, k)  # original position of each current column
+    cur, alive = boxes, valid
+    while cur.shape[1]:
+        b = min(block, cur.shape[1])
+        kept = _nms_dense(cur[:, :b], alive[:, :b], iou_threshold)  # (N, b)
+        keep.scatter_(1, index[:, :b], kept)  # positions are distinct within a row
+        rest, alive, index = cur[:, b:], alive[:, b:], index[:, b:]
+        if not rest.shape[1]:
+            break
+        hit = overlaps(rest, cur[:, :b], iou_threshold) & kept[:, None, :]  # (N, R, b)
+        alive = alive & ~hit.any(-1)
+        live = int(alive.sum(1).max())
+        order = torch.sort((~alive).to(torch.uint8), dim=1, stable=True).indices[:, :live]  # live ones first
+        cur = rest.gather(1, order[..., None].expand(n, live, 4))
+        alive, index = alive.gather(1, order), index.gather(1, order)
+    return keep
 
 
 def _nms_dense(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
