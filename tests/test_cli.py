@@ -41,6 +41,8 @@ def test_train_eval_detect_smoke(tmp_path, capsys):
     assert main(args) == 0
     assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
     assert "mAP" in capsys.readouterr().out
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--fast"]) == 0
+    assert "mAP" in capsys.readouterr().out
     from PIL import Image
 
     Image.new("RGB", (50, 40), (90, 120, 30)).save(tmp_path / "a.jpg")
@@ -53,6 +55,7 @@ def test_train_eval_detect_smoke(tmp_path, capsys):
                 str(tmp_path / "run" / "last.pt"),
                 "--out",
                 str(tmp_path / "d"),
+                "--fast",
             ]
         )
         == 0

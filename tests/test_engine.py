@@ -216,3 +216,36 @@ def test_evaluate_and_detect_write_outputs(tmp_path):
         x1, y1, x2, y2 = d["box"]
         assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 80 and d["class"] in val.classes
     assert (tmp_path / "det" / "known_det.jpg").is_file()
+
+
+def test_fast_detect_matches_the_fp32_path(tmp_path):
+    from PIL import Image
+
+    from multibox.engine.bench import path_agreement
+    from multibox.engine.inference import detect
+    from multibox.structures import Detections
+
+    cfg = load_config("ssd_tiny_shapes", tiny_overrides(tmp_path / "run", steps=2))
+    train(cfg, progress=False)
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
+    val = build_dataset(cfg.data, "val", cfg.model.image_size)
+    for i in range(3):
+        Image.fromarray(val[i][0].permute(1, 2, 0).numpy()).save(tmp_path / f"im{i}.png")
+    bn_before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    slow = detect(model, [tmp_path], score_thresh=0.0, draw=False)
+    fast = detect(model, [tmp_path], score_thresh=0.0, draw=False, fast=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == bn_before > 0  # folded a copy
+    assert [r["image"] for r in fast] == [r["image"] for r in slow]
+
+    def as_dets(records):
+        return [
+            Detections(
+                torch.tensor([d["box"] for d in r["detections"]]).reshape(-1, 4),
+                torch.tensor([d["score"] for d in r["detections"]]),
+                torch.tensor([d["label"] for d in r["detections"]], dtype=torch.int64),
+            )
+            for r in records
+        ]
+
+    # The same detections up to bf16 rounding of a barely trained model's near-tied scores.
+    assert path_agreement(as_dets(slow), as_dets(fast)) > 0.5

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", choices=["voc07", "voc", "coco"], default=None)
     e.add_argument("--out", default=None, help="folder for metrics.json and pr_curves.png")
     e.add_argument("--device", default="auto")
+    e.add_argument("--fast", action="store_true", help="BatchNorm folded, channels_last, bf16 where supported")
 
     det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
     det.add_argument("inputs", nargs="+", help="image files and/or folders")
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--score", type=float, default=0.3, help="lowest score reported (default 0.3)")
     det.add_argument("--batch-size", type=int, default=8)
     det.add_argument("--device", default="auto")
+    det.add_argument("--fast", action="store_true", help="BatchNorm folded, channels_last, bf16 where supported")
 
     x = _parser(sub, "export", "export a checkpoint to ONNX and check it against onnxruntime")
     x.add_argument("--weights", required=True, help="a multibox checkpoint")
@@ -178,6 +180,14 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     model = model_from_checkpoint(ckpt)
     data = build_dataset(cfg.data, "val", cfg.model.image_size)
     ev = cfg.eval
+    device = resolve_device(a.device)
+    fast = {}
+    if a.fast:
+        from multibox.engine.bench import bf16_supported
+        from multibox.models.fuse import fold_batch_norms
+
+        model = fold_batch_norms(model.eval())
+        fast = {"amp": "bf16" if bf16_supported(device) else "none", "channels_last": True}
     out = evaluate(
         model,
         data,
@@ -189,7 +199,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         nms_thresh=ev.nms_thresh,
         pre_nms_top_k=ev.pre_nms_top_k,
         top_k=ev.top_k,
-        device=resolve_device(a.device),
+        device=device,
+        **fast,
     )
     width = max(len(k) for k in out)
     for k, v in out.items():
@@ -217,7 +228,13 @@ def _cmd_detect(a: argparse.Namespace) -> int:
         from multibox.engine.inference import detect
 
         results = detect(
-            a.weights, a.inputs, out_dir=a.out, batch_size=a.batch_size, score_thresh=a.score, device=a.device
+            a.weights,
+            a.inputs,
+            out_dir=a.out,
+            batch_size=a.batch_size,
+            score_thresh=a.score,
+            device=a.device,
+            fast=a.fast,
         )
     n = sum(len(r["detections"]) for r in results)
     print(f"{n} detections in {len(results)} images; written to {a.out}/detections.json and {a.out}/*_det.jpg")

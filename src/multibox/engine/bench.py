@@ -32,7 +32,16 @@ from torch import nn
 from multibox.postprocess import postprocess
 from multibox.structures import Detections, Prediction
 
-__all__ = ["BenchRow", "available_paths", "bench_model", "format_table", "matmul_peak_gflops", "path_agreement"]
+__all__ = [
+    "BenchRow",
+    "available_paths",
+    "bench_model",
+    "bf16_supported",
+    "fast_path",
+    "format_table",
+    "matmul_peak_gflops",
+    "path_agreement",
+]
 
 
 @dataclass
@@ -73,7 +82,8 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32, device: str = "cpu", 
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
-def _bf16_supported(device: torch.device) -> bool:
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth using on ``device`` (CUDA with bf16, or a CPU build with oneDNN)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
@@ -91,7 +101,7 @@ def _onnxruntime_available() -> bool:
 def available_paths(device: torch.device, compile: bool = False, onnx: bool = False) -> list[str]:
     """The inference paths that make sense on ``device`` (``onnx``: add onnxruntime on the CPU if installed)."""
     paths = ["fp32", "channels_last"]
-    if _bf16_supported(device):
+    if bf16_supported(device):
         paths.append("bf16")
     if device.type == "cuda":
         paths.append("fp16")
@@ -140,7 +150,7 @@ def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Modu
         dtype = torch.float16
     else:
         dtype = None
-    if dtype is not None and path == "compile" and not _bf16_supported(device):
+    if dtype is not None and path == "compile" and not bf16_supported(device):
         dtype = None
 
     def ctx() -> Any:
@@ -149,6 +159,17 @@ def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Modu
     if path == "compile":
         model = torch.compile(model)
     return model, ctx, cl
+
+
+def fast_path(model: nn.Module, device: torch.device) -> tuple[nn.Module, Callable[[], Any], bool, str]:
+    """The fastest eager inference path on ``device``: ``(model, autocast context factory, channels_last, name)``.
+
+    bf16 autocast where the device supports it (avx512-bf16/AMX CPUs, CUDA), else fp32; channels_last and
+    BatchNorm folded either way. The model returned is a folded copy; ``model`` itself is only moved to ``device``.
+    """
+    path = "bf16" if bf16_supported(device) else "channels_last"
+    net, ctx, cl = _prepare(model, path, device)
+    return net, ctx, cl, path
 
 
 def path_agreement(reference: Sequence[Detections], candidate: Sequence[Detections], min_score: float = 0.3) -> float:

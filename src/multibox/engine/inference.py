@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def detect(
     top_k: int = 200,
     device: str = "auto",
     draw: bool = True,
+    fast: bool = False,
 ) -> list[dict[str, Any]]:
     """Detect objects in image files, in batches.
 
@@ -50,6 +52,8 @@ def detect(
         class_names: overrides the checkpoint's class names.
         batch_size: images per forward pass.
         score_thresh: the lowest score reported.
+        fast: run the fastest eager path (:func:`multibox.engine.bench.fast_path`: BatchNorm folded, channels_last,
+            bf16 autocast where supported); check it with ``multibox bench`` first.
 
     Returns:
         Per image ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2] (pixels of the original
@@ -67,6 +71,11 @@ def detect(
     dev = resolve_device(device)
     model.eval().to(dev)
     pre = model.preprocess
+    net, ctx, channels_last = model, nullcontext, False
+    if fast:
+        from multibox.engine.bench import fast_path
+
+        net, ctx, channels_last, _ = fast_path(model, dev)
     transform = eval_transform(pre.image_size, pre.mean, pre.std)
     files = expand_inputs(inputs)
     out = Path(out_dir) if out_dir is not None else None
@@ -78,7 +87,11 @@ def detect(
         images = [read_image(f) for f in chunk]
         empty = torch.zeros(0, 4)
         batch = torch.stack([transform(im, empty, torch.zeros(0, dtype=torch.int64), None)[0] for im in images])
-        pred = model(batch.to(dev))
+        batch = batch.to(dev)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with ctx():
+            pred = net(batch)
         dets = postprocess(pred, model.priors.to(dev), score_thresh=score_thresh, nms_thresh=nms_thresh, top_k=top_k)
         for f, im, d in zip(chunk, images, dets, strict=True):
             h, w = im.shape[-2:]
