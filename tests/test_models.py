@@ -499,3 +499,18 @@ def test_tiny_model_is_small_and_batch_norm_statistics_move_only_in_train_mode()
         assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
         model.train()(x)
     assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_head_fp32_under_autocast():
+    model = create_model("ssd_tiny", 4, image_size=64, width=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x)
+        model.head_fp32 = True
+        features = model.backbone(x)
+        full = model(x)
+    assert mixed.cls_logits.dtype == torch.bfloat16 and full.cls_logits.dtype == torch.float32
+    with torch.no_grad():
+        expected = model.head([f.float() for f in features])  # the float32 head on the bf16 features
+    torch.testing.assert_close(full.cls_logits, expected.cls_logits)
+    torch.testing.assert_close(full.box_deltas, expected.box_deltas)

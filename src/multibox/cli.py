@@ -187,6 +187,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         from multibox.models.fuse import fold_batch_norms
 
         model = fold_batch_norms(model.eval())
+        model.head_fp32 = True
         fast = {"amp": "bf16" if bf16_supported(device) else "none", "channels_last": True}
     out = evaluate(
         model,

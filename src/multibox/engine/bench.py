@@ -5,7 +5,7 @@ post-processing and the whole pipeline, for each inference path:
 
 - ``fp32``: eager NCHW float32 (the reference);
 - ``channels_last``: NHWC memory format, BatchNorm folded into the convolutions (as every path below);
-- ``bf16``: ``torch.autocast`` bfloat16 + channels_last (CPUs with avx512-bf16/AMX, or CUDA);
+- ``bf16``: ``torch.autocast`` bfloat16 + channels_last, the head in float32 (CPUs with avx512-bf16/AMX, or CUDA);
 - ``fp16``: autocast float16 + channels_last (CUDA only);
 - ``compile``: ``torch.compile`` of the best eager path (optional, slow to warm up);
 - ``onnxruntime``: the network exported to ONNX (raw outputs) and run by onnxruntime's CPU provider with as many
@@ -136,7 +136,8 @@ def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Modu
     """``(model, autocast context factory, channels_last)`` for a path.
 
     Every path but the ``fp32`` reference runs a copy with BatchNorm folded into the preceding convolutions (exact
-    up to rounding; the agreement column checks it), in NHWC.
+    up to rounding; the agreement column checks it), in NHWC; the autocast paths keep the head in float32
+    (``SSD.head_fp32``).
     """
     from multibox.models.fuse import fold_batch_norms
 
@@ -156,6 +157,8 @@ def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Modu
     def ctx() -> Any:
         return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
+    if dtype is not None:
+        model.head_fp32 = True  # the folded copy's attribute; the caller's model is untouched
     if path == "compile":
         model = torch.compile(model)
     return model, ctx, cl

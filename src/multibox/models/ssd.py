@@ -337,9 +337,13 @@ class SSD(nn.Module):
         priors: buffer ``Tensor[A, 4]`` cxcywh in [0, 1] (not in the state dict: it is derived).
         backbone: the backbone module.
         head: the head (a :class:`MultiboxHead` unless another was given).
+        head_fp32: under autocast, run the head in float32 on float32 features (False by default). The inference
+            fast path sets it: the heads are a few percent of the FLOPs, and the class scores then carry only the
+            backbone's rounding, not a second bf16 rounding of the logits themselves.
     """
 
     priors: Tensor
+    head_fp32: bool = False
 
     def __init__(
         self,
@@ -430,7 +434,12 @@ class SSD(nn.Module):
                 f"{self.num_priors} priors were made for {h}x{w}; resize the images to {h}x{w}, or build the "
                 f"model with image_size=({images.shape[-2]}, {images.shape[-1]}) and load the same weights"
             )
-        pred = self.head(self.backbone(images))
+        features = self.backbone(images)
+        if self.head_fp32 and eager and torch.is_autocast_enabled(images.device.type):
+            with torch.autocast(images.device.type, enabled=False):
+                pred = self.head([f.float() for f in features])
+        else:
+            pred = self.head(features)
         if eager and pred.box_deltas.shape[1] != self.num_priors:
             raise ValueError(
                 f"the model predicted {pred.box_deltas.shape[1]} boxes but has {self.num_priors} priors "
