@@ -25,7 +25,7 @@ and y, so xyxy boxes give the same result.
 
 Caveats: candidates with exactly equal scores may be ordered differently by torch's and onnxruntime's ``TopK``
 (and onnxruntime's NMS priority queue), and onnxruntime computes ``inter / union > t`` where
-:func:`multibox.nms.suppression_matrix` computes ``inter (1 + t) > t (area_1 + area_2)``, so a pair within a float
+:func:`multibox.nms.overlaps` computes ``inter > (t / (1 + t)) (area_1 + area_2)``, so a pair within a float
 rounding error of the threshold may be decided differently.
 """
 
@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from multibox.boxes import DEFAULT_VARIANCES, clip_boxes, decode
+from multibox.boxes import DEFAULT_VARIANCES
 from multibox.nms import nms_padded
+from multibox.postprocess import class_candidates
 
 __all__ = ["DETECTION_OUTPUTS", "RAW_OUTPUTS", "DetectionGraph", "GraphNMS", "RawGraph", "padded_postprocess"]
 
@@ -114,11 +115,7 @@ def padded_postprocess(
     a, c = int(priors.shape[0]), int(cls_logits.shape[-1])
     k = min(pre_nms_top_k, a)
     ck = (c - 1) * k
-    probs = torch.softmax(cls_logits, dim=-1)[:, :, 1:].transpose(1, 2)  # (B, A, C) -> (B, C-1, A)
-    scores, idx = probs.topk(k, dim=2)  # (B, C-1, K), sorted
-    # Decode the candidates only: (B, (C-1)*K, 4) gathered deltas -> (B, C-1, K, 4).
-    deltas = box_deltas.gather(1, idx.reshape(-1, ck, 1).expand(-1, -1, 4)).reshape(-1, c - 1, k, 4)
-    boxes = clip_boxes(decode(deltas, priors[idx], variances))  # (B, C-1, K, 4)
+    boxes, scores = class_candidates(torch.softmax(cls_logits, dim=-1), box_deltas, priors, k, variances)
     # One NMS group per (image, class): (B, C-1, K, 4) -> (B*(C-1), K, 4), scores -> (B*(C-1), 1, K).
     selected = GraphNMS.apply(boxes.reshape(-1, k, 4), scores.reshape(-1, 1, k), k, nms_thresh, score_thresh)
     flat_sel = selected[:, 0] * k + selected[:, 2]  # (M,) into the B*(C-1)*K candidates

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batched_nms", "nms", "nms_padded", "suppression_matrix"]
+__all__ = ["batched_nms", "nms", "nms_padded", "overlaps", "suppression_matrix"]
 
 
 def overlaps(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
@@ -57,13 +57,13 @@ def overlaps(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
     return out
 
 
-def _without_invalid(boxes: Tensor, valid: Tensor, columns: int) -> Tensor:
-    """``boxes`` padded to ``columns`` with invalid ones replaced by an empty box far outside any image."""
+def _without_invalid(boxes: Tensor, valid: Tensor | None, columns: int) -> Tensor:
+    """``boxes`` padded to ``columns`` with padding and invalid boxes replaced by an empty box far outside any image."""
     n, k, _ = boxes.shape
     far = torch.finfo(torch.float32).max / 4  # x1 = y1 = +far, x2 = y2 = -far: overlaps nothing
     sentinel = boxes.new_tensor([far, far, -far, -far], dtype=torch.float32)
     cols = sentinel.expand(n, columns, 4).clone()
-    cols[:, :k] = torch.where(valid[..., None], boxes.float(), sentinel)
+    cols[:, :k] = boxes if valid is None else torch.where(valid[..., None], boxes.float(), sentinel)
     return cols
 
 
@@ -84,9 +84,7 @@ def suppression_matrix(
         raise ValueError(f"columns ({kc}) must be at least the number of boxes ({k})")
     cols = boxes
     if valid is not None or kc > k:
-        cols = _without_invalid(
-            boxes, valid if valid is not None else torch.ones_like(boxes[..., 0], dtype=torch.bool), kc
-        )
+        cols = _without_invalid(boxes, valid, kc)
     lower = torch.ones(k, kc, dtype=torch.bool, device=boxes.device).tril_(-1)
     return overlaps(boxes, cols, iou_threshold).logical_and_(lower)
 

@@ -16,7 +16,29 @@ from multibox.boxes import DEFAULT_VARIANCES, clip_boxes, decode
 from multibox.nms import nms_padded
 from multibox.structures import Detections, Prediction
 
-__all__ = ["postprocess", "select_candidates"]
+__all__ = ["class_candidates", "postprocess", "select_candidates"]
+
+
+def class_candidates(
+    probs: Tensor, box_deltas: Tensor, priors: Tensor, k: int, variances: tuple[float, float] = DEFAULT_VARIANCES
+) -> tuple[Tensor, Tensor]:
+    """Every foreground class's ``k`` best priors, decoded; traceable (the ONNX graph uses it too).
+
+    Args:
+        probs: ``Tensor[B, A, C]`` class probabilities (softmax over ``C``, background first).
+        box_deltas: ``Tensor[B, A, 4]``.
+        priors: ``Tensor[A, 4]`` cxcywh.
+        k: candidates per class, at most ``A``.
+
+    Returns:
+        ``boxes Tensor[B, C-1, k, 4]`` xyxy clipped to [0, 1] and ``scores Tensor[B, C-1, k]``, descending per class.
+    """
+    c = int(probs.shape[-1])
+    ck = (c - 1) * k
+    scores, idx = probs[:, :, 1:].transpose(1, 2).topk(k, dim=2)  # (B, A, C) -> (B, C-1, A) -> (B, C-1, k)
+    # Decode the candidates only: (B, (C-1)*k, 4) gathered deltas -> (B, C-1, k, 4).
+    deltas = box_deltas.gather(1, idx.reshape(-1, ck, 1).expand(-1, -1, 4)).reshape(-1, c - 1, k, 4)
+    return clip_boxes(decode(deltas, priors[idx], variances)), scores
 
 
 def select_candidates(
@@ -34,21 +56,25 @@ def select_candidates(
         class, and ``valid Tensor[B, C-1, K]`` (score above the threshold), with ``K = min(pre_nms_top_k, A)``
         possibly lowered to the largest number of valid candidates of any (image, class).
     """
-    b, a, c = pred.cls_logits.shape
     probs = torch.softmax(pred.cls_logits.float(), dim=-1)  # (B, A, C)
-    probs = probs[..., 1:].transpose(1, 2).contiguous()  # (B, A, C) -> (B, C-1, A), contiguous for topk
-    k = min(pre_nms_top_k, a)
-    scores, idx = probs.topk(k, dim=-1)  # (B, C-1, K), sorted
+    deltas = pred.box_deltas.float()
+    return _candidates(probs, deltas, priors.to(deltas.device, torch.float32), score_thresh, pre_nms_top_k, variances)
+
+
+def _candidates(
+    probs: Tensor,
+    deltas: Tensor,
+    priors: Tensor,
+    score_thresh: float,
+    pre_nms_top_k: int,
+    variances: tuple[float, float],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`select_candidates` from float32 probabilities, deltas and priors."""
+    cand, scores = class_candidates(probs, deltas, priors, min(pre_nms_top_k, probs.shape[1]), variances)
     valid = scores > score_thresh
     # Candidates are sorted, so the valid ones form a prefix: trim to the longest prefix in the batch.
     k = int(valid.sum(-1).max()) if valid.numel() else 0
-    scores, idx, valid = scores[..., :k], idx[..., :k], valid[..., :k]
-    # Decode only the candidates: flat prior index -> (B, C-1, K, 4).
-    flat = (idx + torch.arange(b, device=idx.device).view(b, 1, 1) * a).reshape(-1)
-    deltas = pred.box_deltas.float().reshape(b * a, 4)[flat]
-    cand_priors = priors.to(deltas.device, torch.float32)[idx.reshape(-1)]
-    cand = clip_boxes(decode(deltas, cand_priors, variances)).view(b, c - 1, k, 4)
-    return cand, scores, valid
+    return cand[..., :k, :], scores[..., :k], valid[..., :k]
 
 
 def postprocess(
@@ -99,8 +125,8 @@ def postprocess(
     m = 4 * top_k
     while todo.numel():
         if m >= union:
-            sub = Prediction(pred.cls_logits[todo], pred.box_deltas[todo])
-            for i, det in zip(todo.tolist(), _per_class(sub, priors, variances=variances, **kw), strict=True):
+            dets = _per_class(probs[todo], deltas[todo], priors, variances=variances, **kw)
+            for i, det in zip(todo.tolist(), dets, strict=True):
                 out[i] = det
             break
         done, kept = _best_pairs(probs[todo], deltas[todo], priors, m, variances=variances, **kw)
@@ -177,7 +203,8 @@ def _best_pairs(
 
 
 def _per_class(
-    pred: Prediction,
+    probs: Tensor,
+    deltas: Tensor,
     priors: Tensor,
     *,
     score_thresh: float,
@@ -187,10 +214,8 @@ def _per_class(
     variances: tuple[float, float],
 ) -> list[Detections]:
     """The plain batched pipeline: every class's candidates through NMS, then the image-wide ``top_k``."""
-    b = pred.cls_logits.shape[0]
-    cand, scores, valid = select_candidates(
-        pred, priors, score_thresh=score_thresh, pre_nms_top_k=pre_nms_top_k, variances=variances
-    )
+    b = probs.shape[0]
+    cand, scores, valid = _candidates(probs, deltas, priors, score_thresh, pre_nms_top_k, variances)
     k = scores.shape[-1]
     keep = nms_padded(cand, valid, nms_thresh)  # (B, C-1, K)
     flat = torch.where(keep, scores, -1.0).reshape(b, -1)  # (B, C-1, K) -> (B, (C-1)*K)
