@@ -180,15 +180,6 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     model = model_from_checkpoint(ckpt)
     data = build_dataset(cfg.data, "val", cfg.model.image_size)
     ev = cfg.eval
-    device = resolve_device(a.device)
-    fast = {}
-    if a.fast:
-        from multibox.engine.bench import bf16_supported
-        from multibox.models.fuse import fold_batch_norms
-
-        model = fold_batch_norms(model.eval())
-        model.head_fp32 = True
-        fast = {"amp": "bf16" if bf16_supported(device) else "none", "channels_last": True}
     out = evaluate(
         model,
         data,
@@ -200,8 +191,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         nms_thresh=ev.nms_thresh,
         pre_nms_top_k=ev.pre_nms_top_k,
         top_k=ev.top_k,
-        device=device,
-        **fast,
+        device=resolve_device(a.device),
+        fast=a.fast,
     )
     width = max(len(k) for k in out)
     for k, v in out.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -54,12 +55,16 @@ def predict_dataset(
     num_workers: int = 0,
     amp: str = "none",
     channels_last: bool = False,
+    fast: bool = False,
     score_thresh: float = 0.01,
     nms_thresh: float = 0.45,
     pre_nms_top_k: int = 200,
     top_k: int = 200,
 ) -> tuple[list[Detections], list[dict[str, Any]], float]:
     """Run the model over a dataset.
+
+    ``fast`` replaces ``amp`` and ``channels_last`` by :func:`multibox.engine.bench.fast_path` (BatchNorm folded,
+    channels_last, bf16 autocast where supported, the head in float32).
 
     Returns:
         ``(detections, targets, seconds)``: per image, detections with boxes in the image's original pixels,
@@ -73,8 +78,15 @@ def predict_dataset(
     items = _EvalItems(dataset, eval_transform(pre.image_size, pre.mean, pre.std))
     loader = DataLoader(items, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     model.eval().to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if fast:
+        from multibox.engine.bench import fast_path
+
+        net, ctx, channels_last, _ = fast_path(model, device)
+    else:
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        ctx = functools.partial(autocast_context, device, amp)
     priors = model.priors.to(device)
     dets: list[Detections] = []
     targets: list[dict[str, Any]] = []
@@ -83,8 +95,8 @@ def predict_dataset(
         images = images.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            pred = model(images)
+        with ctx():
+            pred = net(images)
         out = postprocess(
             pred,
             priors,
