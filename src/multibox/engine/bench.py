@@ -115,16 +115,17 @@ def available_paths(device: torch.device, compile: bool = False, onnx: bool = Fa
 class _OnnxNetwork:
     """The model's network as an onnxruntime session returning a :class:`Prediction` (CPU tensors)."""
 
-    def __init__(self, model: nn.Module, folder: str) -> None:
+    def __init__(self, model: nn.Module) -> None:
         import onnxruntime as ort
 
         from multibox.export import export_onnx
 
-        path = f"{folder}/network.onnx"
-        export_onnx(model, path, with_postprocess=False, check=False)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory(prefix="multibox-bench-") as folder:  # the session keeps its own copy
+            path = f"{folder}/network.onnx"
+            export_onnx(model, path, with_postprocess=False, check=False)
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> Prediction:
@@ -234,12 +235,11 @@ def bench_model(
     priors = model.priors.to(device)
     rows: list[BenchRow] = []
     reference: dict[int, list[Detections]] = {}
-    tmp = tempfile.TemporaryDirectory(prefix="multibox-bench-")
     for path in paths:
         if path == "onnxruntime":
             if device.type != "cpu":
                 raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
-            net, ctx, cl = _OnnxNetwork(model.cpu().eval(), tmp.name), nullcontext, False
+            net, ctx, cl = _OnnxNetwork(model.cpu().eval()), nullcontext, False
         else:
             net, ctx, cl = _prepare(model, path, device)
         for bs in batch_sizes:
@@ -276,7 +276,6 @@ def bench_model(
                 agreement = path_agreement(reference[bs], dets)
             gf = (gflops_per_image or 0.0) * bs / (net_ms * 1e-3) if gflops_per_image else 0.0
             rows.append(BenchRow(path, bs, pre_ms, net_ms, post_ms, total_ms, bs / (total_ms * 1e-3), gf, agreement))
-    tmp.cleanup()
     return rows
 
 
