@@ -102,6 +102,16 @@ class ScanReport:
         return "\n".join(lines)
 
 
+def _usable_image(report: ScanReport, path: Path, decode: bool) -> ImageInfo | None:
+    """The image's header, with its notes recorded; None (an error recorded) when it cannot be read."""
+    try:
+        info = probe_image(path)
+    except OSError as exc:
+        report.issues.append(Issue("unreadable_image", str(path), str(exc), 1, "error"))
+        return None
+    return info if _image_notes(report, path, info, decode) else None
+
+
 def _image_notes(report: ScanReport, path: Path, info: ImageInfo, decode: bool) -> bool:
     """Record the image's mode/size/orientation; False when it cannot be decoded (an error is recorded)."""
     report.modes[info.mode] += 1
@@ -187,12 +197,8 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
             )
             continue
         referenced.add(path.name)
-        try:
-            info = probe_image(path)
-        except OSError as exc:
-            report.issues.append(Issue("unreadable_image", str(path), str(exc), 1, "error"))
-            continue
-        if not _image_notes(report, path, info, decode):
+        info = _usable_image(report, path, decode)
+        if info is None:
             continue
         if ann.filename and ann.filename.replace("\\", "/").rsplit("/", 1)[-1] != path.name:
             report.issues.append(
@@ -252,12 +258,8 @@ def _scan_coco(images_dir: Path, annotation_json: Path, decode: bool, report: Sc
         if not path.is_file():
             report.issues.append(Issue("missing_image", where, f"image not found in {images_dir}", 1, "error"))
             continue
-        try:
-            info = probe_image(path)
-        except OSError as exc:
-            report.issues.append(Issue("unreadable_image", str(path), str(exc), 1, "error"))
-            continue
-        if not _image_notes(report, path, info, decode):
+        info = _usable_image(report, path, decode)
+        if info is None:
             continue
         size = (int(img["width"]), int(img["height"]))
         if size not in (info.stored_size, info.size):
