@@ -17,7 +17,7 @@ from torch import Tensor
 __all__ = ["batched_nms", "nms", "nms_padded", "overlaps", "suppression_matrix"]
 
 
-def overlaps(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
+def overlaps(rows: Tensor, cols: Tensor, iou_threshold: float, cols_valid: Tensor | None = None) -> Tensor:
     """``Tensor[N, R, C]`` bool: ``IoU(rows[n, i], cols[n, j]) > iou_threshold``, for boxes of positive area.
 
     Computed as ``inter > (t / (1 + t)) (area_i + area_j)`` (no division, no union), in chunks of groups sized to
@@ -29,42 +29,29 @@ def overlaps(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
         rows: ``Tensor[N, R, 4]`` xyxy.
         cols: ``Tensor[N, C, 4]`` xyxy.
         iou_threshold: ``t``.
+        cols_valid: optional ``Tensor[N, C]`` bool; an invalid column overlaps nothing (its area counts as infinite).
     """
-    rows, cols = rows.float(), cols.float()
     n, r, _ = rows.shape
     c = cols.shape[1]
     scale = iou_threshold / (1.0 + iou_threshold)
-    area_r = ((rows[..., 2] - rows[..., 0]).clamp(min=0) * (rows[..., 3] - rows[..., 1]).clamp(min=0)).mul_(scale)
-    area_c = ((cols[..., 2] - cols[..., 0]).clamp(min=0) * (cols[..., 3] - cols[..., 1]).clamp(min=0)).mul_(scale)
+    # Unit-stride planes (x, y) x (N, R) of the low and high corners: the broadcasts below vectorise over them, and
+    # each step handles x and y in one call.
+    lo_r, hi_r = rows.float().permute(2, 0, 1).contiguous().view(2, 2, n, r).unbind(0)
+    lo_c, hi_c = cols.float().permute(2, 0, 1).contiguous().view(2, 2, n, c).unbind(0)
+    area_r = (hi_r - lo_r).clamp_(min=0).prod(0).mul_(scale)  # (N, R)
+    area_c = (hi_c - lo_c).clamp_(min=0).prod(0).mul_(scale)
+    if cols_valid is not None:
+        area_c.masked_fill_(~cols_valid, float("inf"))
     out = torch.empty(n, r, c, dtype=torch.bool, device=rows.device)
-    chunk = max(1, (1 << 19) // max(r * c, 1))
-    m = min(chunk, n)
-    w = rows.new_empty(m, r, c)
-    h, tmp = torch.empty_like(w), torch.empty_like(w)
-    rx1, ry1, rx2, ry2 = (v.contiguous() for v in rows.unbind(-1))  # unit-stride planes: vectorised broadcasts
-    cx1, cy1, cx2, cy2 = (v.contiguous() for v in cols.unbind(-1))
+    chunk = max(1, (1 << 18) // max(r * c, 1))
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        ww, hh, tt = w[: e - s], h[: e - s], tmp[: e - s]
-        torch.minimum(rx2[s:e, :, None], cx2[s:e, None, :], out=ww)
-        torch.maximum(rx1[s:e, :, None], cx1[s:e, None, :], out=tt)
-        ww.sub_(tt).clamp_(min=0)
-        torch.minimum(ry2[s:e, :, None], cy2[s:e, None, :], out=hh)
-        torch.maximum(ry1[s:e, :, None], cy1[s:e, None, :], out=tt)
-        ww.mul_(hh.sub_(tt))  # intersection (or a negative number where the boxes do not overlap)
-        torch.add(area_r[s:e, :, None], area_c[s:e, None, :], out=tt)
-        torch.gt(ww, tt, out=out[s:e])
+        part = slice(None) if e - s == n else slice(s, e)
+        ext = torch.minimum(hi_r[:, part, :, None], hi_c[:, part, None, :])  # (2, n, R, C) overlap extents
+        ext.sub_(torch.maximum(lo_r[:, part, :, None], lo_c[:, part, None, :]))
+        inter = ext[0].clamp_(min=0).mul_(ext[1])  # intersection (or a negative number where they do not overlap)
+        torch.gt(inter, area_r[part, :, None] + area_c[part, None, :], out=out[part])
     return out
-
-
-def _without_invalid(boxes: Tensor, valid: Tensor | None, columns: int) -> Tensor:
-    """``boxes`` padded to ``columns`` with padding and invalid boxes replaced by an empty box far outside any image."""
-    n, k, _ = boxes.shape
-    far = torch.finfo(torch.float32).max / 4  # x1 = y1 = +far, x2 = y2 = -far: overlaps nothing
-    sentinel = boxes.new_tensor([far, far, -far, -far], dtype=torch.float32)
-    cols = sentinel.expand(n, columns, 4).clone()
-    cols[:, :k] = boxes if valid is None else torch.where(valid[..., None], boxes.float(), sentinel)
-    return cols
 
 
 def suppression_matrix(
@@ -78,15 +65,16 @@ def suppression_matrix(
         valid: optional ``Tensor[N, K]`` bool; invalid boxes suppress nothing.
         columns: ``K' >= K`` columns (the extra ones False), e.g. a multiple of 8 for :func:`_nms_dense`'s words.
     """
-    k = boxes.shape[1]
+    n, k, _ = boxes.shape
     kc = k if columns is None else columns
     if kc < k:
         raise ValueError(f"columns ({kc}) must be at least the number of boxes ({k})")
-    cols = boxes
-    if valid is not None or kc > k:
-        cols = _without_invalid(boxes, valid, kc)
-    lower = torch.ones(k, kc, dtype=torch.bool, device=boxes.device).tril_(-1)
-    return overlaps(boxes, cols, iou_threshold).logical_and_(lower)
+    cols, cols_valid = boxes, valid
+    if kc > k:
+        cols = torch.nn.functional.pad(boxes.float(), (0, 0, 0, kc - k))  # zero boxes, marked invalid below
+        real = torch.ones(n, k, dtype=torch.bool, device=boxes.device) if valid is None else valid
+        cols_valid = torch.nn.functional.pad(real, (0, kc - k), value=False)
+    return overlaps(boxes, cols, iou_threshold, cols_valid).tril_(-1)
 
 
 def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
@@ -162,22 +150,25 @@ def _nms_dense(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     The sweeps read the suppression matrix 8 entries at a time: its bool rows (padded to a multiple of 8) are
     viewed as int64 words, and ``any_j(S[i, j] & keep[j])`` becomes a word-wise AND with the packed ``keep``.
     """
-    n, k = valid.shape
+    k = valid.shape[1]
     kp = -(-k // 8) * 8
-    sup = suppression_matrix(boxes, iou_threshold, valid=valid, columns=kp)  # (N, K, Kp), invalid columns False
+    if kp > k:  # padded with invalid candidates, so that every row is a whole number of words
+        boxes = torch.nn.functional.pad(boxes.float(), (0, 0, 0, kp - k))
+        valid = torch.nn.functional.pad(valid, (0, kp - k), value=False)
+    else:  # fresh strides: a one-row slice counts as contiguous but its row stride need not be a whole word
+        valid = valid.clone(memory_format=torch.contiguous_format)
+    sup = suppression_matrix(boxes, iou_threshold, valid=valid)  # (N, Kp, Kp), invalid columns False
     # Tracers (ONNX export runs this eagerly under the tracer) do not know dtype views: plain bools there.
     packed = not torch.jit.is_tracing()
-    words = sup.view(torch.uint8).view(torch.int64) if packed else sup  # (N, K, Kp / 8) or (N, K, Kp)
-    cur = torch.zeros(n, kp, dtype=torch.bool, device=valid.device)
-    cur[:, :k] = valid
+    words = sup.view(torch.uint8).view(torch.int64) if packed else sup  # (N, Kp, Kp / 8) or (N, Kp, Kp)
+    cur = valid
     for _ in range(k + 1):
         cur_words = cur.view(torch.uint8).view(torch.int64) if packed else cur
-        hit = (words & cur_words[:, None, :]).any(-1)  # (N, K)
-        nxt = valid & ~hit  # one Jacobi sweep of the triangular system
-        if torch.equal(nxt, cur[:, :k]):
+        nxt = valid & ~(words & cur_words[:, None, :]).any(-1)  # one Jacobi sweep of the triangular system
+        if torch.equal(nxt, cur):
             break
-        cur[:, :k] = nxt
-    return cur[:, :k].clone()
+        cur = nxt
+    return cur[:, :k]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
