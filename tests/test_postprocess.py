@@ -128,5 +128,48 @@ def test_heavy_suppression_falls_back_to_every_candidate(monkeypatch):
     ours = postprocess(pred, priors, **kw)
     assert_matches_reference(ours, reference_postprocess(pred, priors, **kw), pred, priors)
     assert [len(d.scores) for d in ours] == [4, 4]
-    # m = 4 x 20: 4 of 80 pairs survive, so the next shortlist would be 1.25 x 80 x 20 / 4 = 500 >= 4 x 100: per class
+    # m = 8 x 20: 4 of 160 pairs survive, so the next list would be 1.25 x 160 x 20 / 4 = 1000 >= 4 x 100: per class
     assert calls == {"best_pairs": 1, "per_class": 1}
+
+
+def test_class_rank_equals_counting_loop():
+    import importlib
+
+    pp = importlib.import_module("multibox.postprocess")
+    g = torch.Generator().manual_seed(9)
+    labels = torch.randint(0, 5, (3, 40), generator=g)
+    mask = torch.rand(3, 40, generator=g) > 0.3
+    rank, counts = pp._class_rank(labels, mask, 5)
+    for i in range(3):
+        seen = [0] * 5
+        for j in range(40):
+            if mask[i, j]:
+                assert int(rank[i, j]) == seen[int(labels[i, j])], (i, j)
+                seen[int(labels[i, j])] += 1
+        assert counts[i].tolist() == seen
+
+
+def test_staged_prefixes_reach_top_k_past_the_first_prefix(monkeypatch):
+    # 150 priors see the same object with high scores: the first prefix of pairs (4 x top_k) keeps one box of them
+    # and a few scattered ones, so the image needs the pairs further down the same shortlist.
+    calls = count_paths(monkeypatch)
+    g = torch.Generator().manual_seed(10)
+    a, c = 400, 4
+    centres = torch.rand(a, 2, generator=g) * 0.8 + 0.1
+    priors = torch.cat((centres, torch.full((a, 2), 0.05)), 1)
+    priors[:150] = torch.tensor([0.5, 0.5, 0.3, 0.3])  # 150 priors on one spot
+    logits = torch.randn(1, a, c, generator=g)
+    logits[0, :150, 1] += 8.0  # they hold the best pairs (all of class 1)
+    pred = Prediction(logits, torch.randn(1, a, 4, generator=g) * 0.01)
+    kw = {"top_k": 40, "pre_nms_top_k": 200}
+    import importlib
+
+    pp = importlib.import_module("multibox.postprocess")
+    stages = []
+    original = pp._nms_pairs
+    monkeypatch.setattr(pp, "_nms_pairs", lambda *args: stages.append(int(args[2].sum())) or original(*args))
+    ours = postprocess(pred, priors, **kw)
+    assert_matches_reference(ours, reference_postprocess(pred, priors, **kw), pred, priors)
+    assert len(ours[0].scores) == 40
+    assert calls == {"best_pairs": 1, "per_class": 0}
+    assert len(stages) >= 2 and stages[0] == 4 * 40  # the first prefix, then its kept pairs plus new ones

@@ -77,6 +77,20 @@ def _candidates(
     return cand[..., :k, :], scores[..., :k], valid[..., :k]
 
 
+def _class_major_softmax(logits: Tensor) -> Tensor:
+    """``softmax(logits, -1)`` in float32 for ``logits Tensor[B, A, C]``, stored class-major (a ``[B, C, A]`` buffer).
+
+    With a few classes on the innermost axis, reductions over classes run several times slower than over an outer
+    axis, so the scores are transposed once (one copy, which the float32 conversion needs anyway); the per-prior
+    maximum and the per-class top-k that follow then read unit-stride rows.
+    """
+    x = logits.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # (B, C, A)
+    x -= x.amax(1, keepdim=True)
+    x.exp_()
+    x /= x.sum(1, keepdim=True)
+    return x.transpose(1, 2)
+
+
 def postprocess(
     pred: Prediction,
     priors: Tensor,
@@ -92,11 +106,12 @@ def postprocess(
     The result is that of the per-class pipeline in the module docstring, computed without running NMS over every
     candidate. Greedy NMS decides a candidate's fate from the higher-scored candidates of its class alone, so the
     ``M`` best candidates of an image (over all classes) can be resolved on their own; once ``top_k`` of them
-    survive, nothing scored lower can enter the output. The image's best ``M = 4 top_k`` (class, prior) pairs are
-    resolved first; the images that did not reach ``top_k`` get a longer shortlist, scaled by the share of pairs
-    that survived (at least ``2 M``), until it would hold every candidate, when they go through all per-class
-    candidates. With ``21`` classes this is about 40x fewer IoU pairs in the
-    common case and an image-wide top-k instead of one per class.
+    survive, nothing scored lower can enter the output. Each image's best ``M = 8 top_k`` (class, prior) pairs are
+    listed once; their first ``4 top_k`` are resolved, and an image short of ``top_k`` survivors resolves a longer
+    prefix, sized by its survival rate, with only the new pairs and the survivors of the shorter prefix entering
+    NMS. Images still short after all ``M`` get a longer list (at least ``2 M``), until it would hold every
+    candidate, when they go through all per-class candidates. With ``21`` classes this is many times fewer IoU
+    pairs in the common case and an image-wide top-k instead of one per class.
 
     Args:
         pred: ``Prediction(cls_logits [B, A, C], box_deltas [B, A, 4])``.
@@ -115,21 +130,23 @@ def postprocess(
         raise ValueError(f"need at least 2 classes (background + 1), got {c}")
     if top_k < 1 or pre_nms_top_k < 1:
         raise ValueError(f"top_k and pre_nms_top_k must be positive, got {top_k} and {pre_nms_top_k}")
-    probs = torch.softmax(pred.cls_logits.float(), dim=-1)  # (B, A, C)
+    probs = _class_major_softmax(pred.cls_logits)  # (B, A, C)
     deltas = pred.box_deltas.float()
     priors = priors.to(deltas.device, torch.float32)
     kw = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "pre_nms_top_k": pre_nms_top_k, "top_k": top_k}
     union = (c - 1) * min(pre_nms_top_k, a)  # the most candidates per image that enter NMS
     out: list[Detections | None] = [None] * b
     todo = torch.arange(b)
-    m = 4 * top_k
+    m = 8 * top_k
     while todo.numel():
+        # The images still to do (no copy while that is all of them).
+        p, d = (probs, deltas) if todo.numel() == b else (probs[todo], deltas[todo])
         if m >= union:
-            dets = _per_class(probs[todo], deltas[todo], priors, variances=variances, **kw)
+            dets = _per_class(p, d, priors, variances=variances, **kw)
             for i, det in zip(todo.tolist(), dets, strict=True):
                 out[i] = det
             break
-        done, kept = _best_pairs(probs[todo], deltas[todo], priors, m, variances=variances, **kw)
+        done, kept = _best_pairs(p, d, priors, m, variances=variances, **kw)
         short, fewest = [], top_k
         for i, det, n_kept in zip(todo.tolist(), done, kept, strict=True):
             if det is None:
@@ -155,7 +172,7 @@ def _best_pairs(
     top_k: int,
     variances: tuple[float, float],
 ) -> tuple[list[Detections | None], list[int]]:
-    """Resolve each image's ``m`` best (prior, class) pairs.
+    """Resolve each image's ``m`` best (prior, class) pairs, a growing prefix at a time, until ``top_k`` survive.
 
     Returns:
         Per image its detections, or None where more pairs are needed; and how many of its pairs survived NMS.
@@ -168,38 +185,86 @@ def _best_pairs(
     fg = probs[..., 1:]
     best = fg.amax(-1)  # (n, A)
     mp = min(m, a)
-    top_priors = best.topk(mp, dim=1).indices  # (n, mp)
+    top_priors = best.topk(mp, dim=1, sorted=False).indices  # (n, mp), a set: the next top-k orders the pairs
     sub = fg.gather(1, top_priors[..., None].expand(n, mp, c - 1))  # (n, mp, C-1)
     scores, j = sub.reshape(n, -1).topk(m, dim=1)  # (n, m), sorted
     prior = top_priors.gather(1, torch.div(j, c - 1, rounding_mode="floor"))
     labels = j % (c - 1) + 1
-    valid = scores > score_thresh
-    onehot = torch.nn.functional.one_hot(labels, c) * valid[..., None]  # (n, m, C)
-    rank = onehot.cumsum(1).gather(2, labels[..., None]).squeeze(2) - 1  # position within its class
-    counts = onehot.sum(1)  # (n, C) valid pairs of each class among the m
+    valid = scores > score_thresh  # a prefix of each row
+    rank, counts = _class_rank(labels, valid, c)
     enter = valid & (rank < k)  # the class's pre_nms_top_k cap
-    length = max(1, int(counts.max().clamp(max=k)))
-    d = deltas.gather(1, prior[..., None].expand(n, m, 4))
-    boxes = clip_boxes(decode(d.reshape(-1, 4), priors[prior.reshape(-1)], variances)).view(n, m, 4)
-    bi, mi = enter.nonzero(as_tuple=True)
-    gi, ri = labels[bi, mi] - 1, rank[bi, mi]
-    padded = boxes.new_zeros(n, c - 1, length, 4)  # per-class groups in score order
-    padded_valid = torch.zeros(n, c - 1, length, dtype=torch.bool, device=boxes.device)
-    padded[bi, gi, ri] = boxes[bi, mi]
-    padded_valid[bi, gi, ri] = True
+    flat = (prior + torch.arange(n, device=prior.device)[:, None] * a).reshape(-1)
+    d = deltas.reshape(-1, 4).index_select(0, flat)
+    boxes = clip_boxes(decode(d, priors.index_select(0, prior.reshape(-1)), variances)).view(n, m, 4)
+    # Greedy NMS decides a pair from the higher-scored kept pairs of its class, so a prefix of the pairs can be
+    # resolved alone, and a longer prefix only needs the kept pairs of the shorter one besides its new pairs.
+    pos = torch.arange(m, device=probs.device)
     keep = torch.zeros_like(valid)
-    keep[bi, mi] = nms_padded(padded, padded_valid, nms_thresh)[bi, gi, ri]
-    kept = keep.sum(1)
+    rows = torch.arange(n, device=probs.device)  # the images still short of top_k
+    lo, hi = 0, min(m, 4 * top_k)
+    while True:
+        new = enter[rows] & (pos >= lo) & (pos < hi)
+        keep[rows] = _nms_pairs(boxes[rows], labels[rows], keep[rows] | new, nms_thresh, c)
+        kept = keep[rows].sum(1)
+        # Settled: top_k kept, or no valid pair beyond the prefix.
+        short = (kept < top_k) & valid[rows, hi - 1]
+        if hi == m or not bool(short.any()):
+            break
+        rows, fewest = rows[short], max(int(kept[short].min()), 1)
+        # Next prefix: what the image furthest behind needs at its survival rate so far (with a margin).
+        lo, hi = hi, min(m, hi + max(top_k, math.ceil(1.25 * (top_k - fewest) * hi / fewest)))
+    kept_all = keep.sum(1)
     # Exhausted: every candidate above the threshold was among the m, or every class already hit its cap.
     exhausted = ~valid[:, -1] | (counts[:, 1:] >= k).all(1)
     result: list[Detections | None] = []
-    for i in range(n):
-        if int(kept[i]) < top_k and not bool(exhausted[i]):
+    for i, (n_kept, done) in enumerate(zip(kept_all.tolist(), exhausted.tolist(), strict=True)):
+        if n_kept < top_k and not done:
             result.append(None)
             continue
         sel = keep[i].nonzero().squeeze(1)[:top_k]
         result.append(Detections(boxes[i, sel], scores[i, sel], labels[i, sel]))
-    return result, kept.tolist()
+    return result, kept_all.tolist()
+
+
+def _class_rank(labels: Tensor, mask: Tensor, c: int) -> tuple[Tensor, Tensor]:
+    """Position of each pair among the masked pairs of its class (in row order), and each class's count.
+
+    Args:
+        labels: ``Tensor[N, M]`` in ``[0, c)``.
+        mask: ``Tensor[N, M]`` bool.
+
+    Returns:
+        ``rank Tensor[N, M]`` (meaningful where ``mask``) and ``counts Tensor[N, c]``.
+    """
+    n, m = labels.shape
+    pos = torch.arange(m, device=labels.device)
+    key, order = (torch.where(mask, labels, c) * m + pos).sort(1)  # by class, then row order; unmasked last
+    group = torch.div(key, m, rounding_mode="floor")
+    counts = torch.zeros(n, c + 1, dtype=torch.int64, device=labels.device).scatter_add_(1, group, (group < c).long())
+    counts = counts[:, :c]
+    start = counts.cumsum(1) - counts  # where each class's run begins in the sorted row
+    rank = torch.empty_like(order).scatter_(1, order, pos - start.gather(1, group.clamp(max=c - 1)))
+    return rank, counts
+
+
+def _nms_pairs(boxes: Tensor, labels: Tensor, mask: Tensor, nms_thresh: float, c: int) -> Tensor:
+    """Greedy NMS per class among the masked pairs of each row (``boxes Tensor[N, M, 4]`` in score order).
+
+    Returns:
+        ``Tensor[N, M]`` bool, the kept pairs.
+    """
+    n = boxes.shape[0]
+    rank, counts = _class_rank(labels, mask, c)
+    length = max(1, int(counts.max()))
+    bi, mi = mask.nonzero(as_tuple=True)
+    gi, ri = labels[bi, mi], rank[bi, mi]
+    padded = boxes.new_zeros(n, c, length, 4)  # per-class groups in score order
+    padded_valid = torch.zeros(n, c, length, dtype=torch.bool, device=boxes.device)
+    padded[bi, gi, ri] = boxes[bi, mi]
+    padded_valid[bi, gi, ri] = True
+    keep = torch.zeros_like(mask)
+    keep[bi, mi] = nms_padded(padded, padded_valid, nms_thresh)[bi, gi, ri]
+    return keep
 
 
 def _per_class(
