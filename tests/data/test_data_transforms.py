@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from multibox.boxes import box_iou
 from multibox.data import (
     Compose,
+    DistortZoomCrop,
     Expand,
     HorizontalFlip,
     LimitSize,
@@ -261,3 +262,62 @@ def test_photometric_stays_in_range_and_changes_the_image() -> None:
         assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
         changed += not torch.allclose(out, image.float())
     assert changed == 10
+
+
+@SETTINGS
+@given(sample=samples(max_side=40), with_expand=st.booleans(), as_float=st.booleans())
+def test_distort_zoom_crop_equals_the_three_in_sequence(sample, with_expand, as_float) -> None:
+    # Distorting only the photo's pixels that the patch keeps, after the crop, is bit for bit what distorting the
+    # whole photo first gives (the zoom-out fill stays undistorted), with the same random draws.
+    image, boxes, labels, seed = sample
+    image = image.float() if as_float else image
+    photometric, crop = PhotometricDistort(p=0.9), MinIoURandomCrop()
+    expand = Expand(MEAN, 3.0, p=0.7) if with_expand else None
+    steps = [photometric, *([expand] if expand else []), crop]
+    ref = Compose(steps)(image, boxes, labels, torch.Generator().manual_seed(seed))
+    got = DistortZoomCrop(photometric, expand, crop)(image, boxes, labels, torch.Generator().manual_seed(seed))
+    assert torch.equal(got[0], ref[0]) and got[0].dtype == torch.float32
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+    assert image.dtype == (torch.float32 if as_float else torch.uint8)  # the input is not written to
+
+
+def test_distort_zoom_crop_leaves_a_fill_only_patch_undistorted() -> None:
+    # A photo in the corner of a large canvas and a patch that misses it: the patch is pure fill, as in sequence.
+    photometric = PhotometricDistort(p=1.0)
+    image = torch.full((3, 4, 4), 200, dtype=torch.uint8)
+    for seed in range(200):
+        out, kept, _ = DistortZoomCrop(photometric, Expand(MEAN, 4.0, p=1.0), MinIoURandomCrop(min_ious=()))(
+            image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.Generator().manual_seed(seed)
+        )
+        fill = torch.tensor(MEAN).view(3, 1, 1).expand_as(out)
+        if torch.equal(out, fill):
+            break
+    else:
+        pytest.fail("no patch of pure fill in 200 draws")
+    assert kept.shape == (0, 4)
+
+
+def test_train_transform_distorts_after_the_crop_as_before() -> None:
+    # The training pipeline with the fused step equals the plain sequence on a photo small enough for no downscale.
+    g = torch.Generator().manual_seed(5)
+    image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=g)
+    boxes = torch.tensor([[5.0, 6.0, 30.0, 40.0], [40.0, 10.0, 75.0, 55.0]])
+    labels = torch.tensor([1, 2])
+    fused = train_transform(64, MEAN, STD, expand_ratio=2.0)
+    plain = Compose(
+        [
+            LimitSize(214),
+            ToFloat(),
+            PhotometricDistort(),
+            Expand(MEAN, 2.0, max_side=214),
+            MinIoURandomCrop(),
+            Resize((64, 64)),
+            HorizontalFlip(),
+            Normalize(MEAN, STD),
+            ToRelative(),
+        ]
+    )
+    for seed in range(20):
+        a = fused(image, boxes, labels, torch.Generator().manual_seed(seed))
+        b = plain(image, boxes, labels, torch.Generator().manual_seed(seed))
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), seed

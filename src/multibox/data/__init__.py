@@ -19,6 +19,7 @@ from multibox.data.loader import apply_transform, build_loader, collate, sample_
 from multibox.data.shapes import SHAPE_CLASSES, ShapesDataset, write_voc
 from multibox.data.transforms import (
     Compose,
+    DistortZoomCrop,
     Expand,
     HorizontalFlip,
     LimitSize,
@@ -42,6 +43,7 @@ __all__ = [
     "Compose",
     "DatasetError",
     "DatasetWarning",
+    "DistortZoomCrop",
     "Expand",
     "HorizontalFlip",
     "Issue",

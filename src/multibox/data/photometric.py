@@ -8,10 +8,12 @@ a saved-and-reloaded image would be.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-__all__ = ["PhotometricDistort", "adjust_saturation_hue", "hsv_to_rgb", "rgb_to_hsv"]
+__all__ = ["PhotometricDistort", "PhotometricParams", "adjust_saturation_hue", "hsv_to_rgb", "rgb_to_hsv"]
 
 # The 6 channel orders ssd.pytorch's RandomLightingNoise picks from (the identity included).
 _PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
@@ -92,6 +94,17 @@ def _uniform(generator: torch.Generator | None, low: float, high: float) -> floa
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
+class PhotometricParams(NamedTuple):
+    """One draw of :class:`PhotometricDistort` (None: the step is skipped)."""
+
+    brightness: float | None
+    contrast_first: bool
+    contrast: float | None
+    saturation: float | None
+    hue: float | None
+    perm: tuple[int, int, int] | None
+
+
 class PhotometricDistort:
     """Random brightness, contrast, saturation, hue and channel order on a float ``Tensor[3, H, W]`` in 0-255 units.
 
@@ -119,29 +132,50 @@ class PhotometricDistort:
         self.hue = hue
         self.p = p
 
-    def _contrast(self, image: Tensor, g: torch.Generator | None) -> Tensor:
-        if _coin(g, self.p):
-            image = (image * _uniform(g, *self.contrast)).clamp_(0.0, 255.0)
-        return image
+    def sample(self, generator: torch.Generator | None = None) -> PhotometricParams:
+        """Draw the random choices of one distortion (in the order :meth:`__call__` draws them)."""
+        g = generator
+        brightness = _uniform(g, -self.brightness, self.brightness) if _coin(g, self.p) else None
+        contrast_first = _coin(g, 0.5)  # contrast, then saturation/hue; or saturation/hue, then contrast
 
-    def _hsv(self, image: Tensor, g: torch.Generator | None) -> Tensor:
-        sat = _uniform(g, *self.saturation) if _coin(g, self.p) else None
-        hue = _uniform(g, -self.hue, self.hue) if _coin(g, self.p) else None
-        return adjust_saturation_hue(image, sat, hue).clamp_(0.0, 255.0)
+        def contrast() -> float | None:
+            return _uniform(g, *self.contrast) if _coin(g, self.p) else None
+
+        def hsv() -> tuple[float | None, float | None]:
+            sat = _uniform(g, *self.saturation) if _coin(g, self.p) else None
+            return sat, (_uniform(g, -self.hue, self.hue) if _coin(g, self.p) else None)
+
+        if contrast_first:
+            factor = contrast()
+            sat, hue = hsv()
+        else:
+            sat, hue = hsv()
+            factor = contrast()
+        perm = _PERMUTATIONS[int(torch.randint(len(_PERMUTATIONS), (), generator=g))] if _coin(g, self.p) else None
+        return PhotometricParams(brightness, contrast_first, factor, sat, hue, perm)
+
+    @staticmethod
+    def apply(image: Tensor, params: PhotometricParams) -> Tensor:
+        """The distortion ``params`` describe, on a copy of ``image`` (float32 0-255, every step per pixel)."""
+        image = image.float() if not image.is_floating_point() else image.clone()
+        if params.brightness is not None:
+            image = image.add_(params.brightness).clamp_(0.0, 255.0)
+
+        def contrast(x: Tensor) -> Tensor:
+            return x if params.contrast is None else (x * params.contrast).clamp_(0.0, 255.0)
+
+        def hsv(x: Tensor) -> Tensor:
+            return adjust_saturation_hue(x, params.saturation, params.hue).clamp_(0.0, 255.0)
+
+        image = hsv(contrast(image)) if params.contrast_first else contrast(hsv(image))
+        if params.perm is not None:
+            image = image[list(params.perm)]
+        return image
 
     def __call__(
         self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        g = generator
-        image = image.float() if not image.is_floating_point() else image.clone()
-        if _coin(g, self.p):
-            image = image.add_(_uniform(g, -self.brightness, self.brightness)).clamp_(0.0, 255.0)
-        contrast_first = _coin(g, 0.5)  # contrast, then saturation/hue; or saturation/hue, then contrast
-        image = self._hsv(self._contrast(image, g), g) if contrast_first else self._contrast(self._hsv(image, g), g)
-        if _coin(g, self.p):
-            perm = _PERMUTATIONS[int(torch.randint(len(_PERMUTATIONS), (), generator=g))]
-            image = image[list(perm)]
-        return image, boxes, labels
+        return self.apply(image, self.sample(generator)), boxes, labels
 
     def __repr__(self) -> str:
         return (

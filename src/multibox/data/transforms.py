@@ -28,6 +28,7 @@ from multibox.data.photometric import PhotometricDistort, _coin, _uniform
 
 __all__ = [
     "Compose",
+    "DistortZoomCrop",
     "Expand",
     "HorizontalFlip",
     "LimitSize",
@@ -145,8 +146,15 @@ class Expand(Transform):
     def __call__(
         self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
     ) -> Sample:
+        canvas, boxes, _ = self.expand(image, boxes, generator)
+        return canvas, boxes, labels
+
+    def expand(
+        self, image: Tensor, boxes: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, tuple[int, int, int, int]]:
+        """The zoom-out; returns the canvas, the moved boxes and the photo's pixel window ``(x1, y1, x2, y2)`` on it."""
         if not _coin(generator, self.p):
-            return image, boxes, labels
+            return image, boxes, (0, 0, image.shape[-1], image.shape[-2])
         ratio = _uniform(generator, 1.0, self.max_ratio)
         h, w = image.shape[-2:]
         if self.max_side is not None and ratio * max(h, w) > self.max_side:
@@ -162,7 +170,8 @@ class Expand(Transform):
             fill = fill.round().clamp(0, 255)
         canvas = fill.to(image.dtype).view(3, 1, 1).expand(3, ch, cw).clone()  # (3, ch, cw)
         canvas[:, top : top + h, left : left + w] = image
-        return canvas, boxes + torch.tensor([left, top, left, top], dtype=boxes.dtype), labels
+        moved = boxes + torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        return canvas, moved, (left, top, left + w, top + h)
 
 
 def _centers_inside(boxes: Tensor, windows: Tensor) -> Tensor:
@@ -234,17 +243,69 @@ class MinIoURandomCrop(Transform):
     def __call__(
         self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
     ) -> Sample:
+        image, boxes, labels, _ = self.crop(image, boxes, labels, generator)
+        return image, boxes, labels
+
+    def crop(
+        self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[int, int, int, int]]:
+        """The patch sampling; returns the sample and the patch's pixel window ``(x1, y1, x2, y2)``."""
         h, w = image.shape[-2:]
         window, _ = self.sample_window(w, h, boxes, generator)
         if window is None:
-            return image, boxes, labels
+            return image, boxes, labels, (0, 0, w, h)
         x1, y1, x2, y2 = window
         win = torch.tensor([[x1, y1, x2, y2]], dtype=boxes.dtype)  # (1, 4)
         # The same float64 test as in sample_window, so the kept set is the one the window was accepted for.
         inside = _centers_inside(boxes.to(torch.float64), win.to(torch.float64))[0]  # (N,)
         kept = torch.minimum(torch.maximum(boxes[inside], win[:, :2].repeat(1, 2)), win[:, 2:].repeat(1, 2))
         kept = kept - win[:, :2].repeat(1, 2)
-        return image[:, y1:y2, x1:x2], kept, labels[inside]
+        return image[:, y1:y2, x1:x2], kept, labels[inside], window
+
+
+class DistortZoomCrop(Transform):
+    """:class:`PhotometricDistort`, :class:`Expand` and :class:`MinIoURandomCrop` in sequence, distorting only what
+    the crop keeps.
+
+    Every photometric step is per pixel and the zoom-out's fill is not distorted, so the distortion can run last, on
+    the photo's pixels inside the patch, with the same result as distorting the whole photo first: bit for bit when
+    the zoom-out does not downscale the photo (``Expand(max_side=...)`` on a large photo, where the distortion then
+    sees the downscaled pixels, as it already sees :class:`LimitSize`'s). The patch is often a small part of a
+    zoomed-out photo, so this is a fraction of the work on large photos. The random draws are made in the order of
+    the three transforms in sequence, so a seeded generator gives the same augmentation.
+
+    Args:
+        photometric: the distortion (None: skipped).
+        expand: the zoom-out (None: skipped).
+        crop: the patch sampling.
+    """
+
+    def __init__(self, photometric: PhotometricDistort | None, expand: Expand | None, crop: MinIoURandomCrop) -> None:
+        self.photometric = photometric
+        self.expand = expand
+        self.crop = crop
+
+    def __call__(
+        self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> Sample:
+        params = self.photometric.sample(generator) if self.photometric is not None else None
+        region = (0, 0, image.shape[-1], image.shape[-2])  # the photo's pixels on the current image
+        source = image
+        if self.expand is not None:
+            image, boxes, region = self.expand.expand(image, boxes, generator)
+        owned = image is not source and image.is_floating_point()  # a new float canvas: ours to write into
+        image, boxes, labels, (x1, y1, x2, y2) = self.crop.crop(image, boxes, labels, generator)
+        if params is None:
+            return image, boxes, labels
+        # The photo's pixels inside the patch, in the patch's coordinates.
+        left, top = max(region[0], x1) - x1, max(region[1], y1) - y1
+        right, bottom = min(region[2], x2) - x1, min(region[3], y2) - y1
+        if (left, top, right, bottom) == (0, 0, image.shape[-1], image.shape[-2]):
+            return PhotometricDistort.apply(image, params), boxes, labels
+        out = image if owned else image.float() if not image.is_floating_point() else image.clone()
+        if right > left and bottom > top:  # else the patch holds only fill
+            out[:, top:bottom, left:right] = PhotometricDistort.apply(image[:, top:bottom, left:right], params)
+        return out, boxes, labels
 
 
 class HorizontalFlip(Transform):
@@ -349,13 +410,14 @@ def train_transform(
     """
     h, w = _size_pair(image_size)
     max_side = math.ceil(max(h, w) / 0.3)
-    steps: list[Transform | PhotometricDistort] = [LimitSize(max_side), ToFloat()]
-    if photometric:
-        steps.append(PhotometricDistort())
-    if expand_ratio > 1:
-        steps.append(Expand(mean, expand_ratio, max_side=max_side))
-    steps += [
-        MinIoURandomCrop(min_ious),
+    steps: list[Transform | PhotometricDistort] = [
+        LimitSize(max_side),
+        ToFloat(),
+        DistortZoomCrop(
+            PhotometricDistort() if photometric else None,
+            Expand(mean, expand_ratio, max_side=max_side) if expand_ratio > 1 else None,
+            MinIoURandomCrop(min_ious),
+        ),
         Resize((h, w), antialias),
         HorizontalFlip(flip_p),  # after the resize (they commute exactly): fewer pixels to move
         Normalize(mean, std),
