@@ -65,16 +65,20 @@ def suppression_matrix(
         valid: optional ``Tensor[N, K]`` bool; invalid boxes suppress nothing.
         columns: ``K' >= K`` columns (the extra ones False), e.g. a multiple of 8 for :func:`_nms_dense`'s words.
     """
-    n, k, _ = boxes.shape
+    k = boxes.shape[1]
     kc = k if columns is None else columns
     if kc < k:
         raise ValueError(f"columns ({kc}) must be at least the number of boxes ({k})")
-    cols, cols_valid = boxes, valid
-    if kc > k:
-        cols = torch.nn.functional.pad(boxes.float(), (0, 0, 0, kc - k))  # zero boxes, marked invalid below
-        real = torch.ones(n, k, dtype=torch.bool, device=boxes.device) if valid is None else valid
-        cols_valid = torch.nn.functional.pad(real, (0, kc - k), value=False)
+    cols, cols_valid = _pad_invalid(boxes, valid, kc) if kc > k else (boxes, valid)
     return overlaps(boxes, cols, iou_threshold, cols_valid).tril_(-1)
+
+
+def _pad_invalid(boxes: Tensor, valid: Tensor | None, size: int) -> tuple[Tensor, Tensor]:
+    """``boxes Tensor[N, K, 4]`` and ``valid`` (None: all valid) padded to ``size`` with invalid zero boxes."""
+    n, k, _ = boxes.shape
+    real = torch.ones(n, k, dtype=torch.bool, device=boxes.device) if valid is None else valid
+    pad = size - k
+    return torch.nn.functional.pad(boxes.float(), (0, 0, 0, pad)), torch.nn.functional.pad(real, (0, pad), value=False)
 
 
 def nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
@@ -153,8 +157,7 @@ def _nms_dense(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     k = valid.shape[1]
     kp = -(-k // 8) * 8
     if kp > k:  # padded with invalid candidates, so that every row is a whole number of words
-        boxes = torch.nn.functional.pad(boxes.float(), (0, 0, 0, kp - k))
-        valid = torch.nn.functional.pad(valid, (0, kp - k), value=False)
+        boxes, valid = _pad_invalid(boxes, valid, kp)
     else:  # fresh strides: a one-row slice counts as contiguous but its row stride need not be a whole word
         valid = valid.clone(memory_format=torch.contiguous_format)
     sup = suppression_matrix(boxes, iou_threshold, valid=valid)  # (N, Kp, Kp), invalid columns False

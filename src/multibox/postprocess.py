@@ -56,7 +56,7 @@ def select_candidates(
         class, and ``valid Tensor[B, C-1, K]`` (score above the threshold), with ``K = min(pre_nms_top_k, A)``
         possibly lowered to the largest number of valid candidates of any (image, class).
     """
-    probs = torch.softmax(pred.cls_logits.float(), dim=-1)  # (B, A, C)
+    probs = _class_major_softmax(pred.cls_logits)  # (B, A, C), the scores postprocess ranks
     deltas = pred.box_deltas.float()
     return _candidates(probs, deltas, priors.to(deltas.device, torch.float32), score_thresh, pre_nms_top_k, variances)
 
