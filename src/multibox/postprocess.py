@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from multibox.boxes import DEFAULT_VARIANCES, clip_boxes, decode
-from multibox.nms import nms_padded
+from multibox.nms import batched_nms, nms_padded
 from multibox.structures import Detections, Prediction
 
 __all__ = ["class_candidates", "postprocess", "select_candidates"]
@@ -253,17 +253,12 @@ def _nms_pairs(boxes: Tensor, labels: Tensor, mask: Tensor, nms_thresh: float, c
     Returns:
         ``Tensor[N, M]`` bool, the kept pairs.
     """
-    n = boxes.shape[0]
-    rank, counts = _class_rank(labels, mask, c)
-    length = max(1, int(counts.max()))
+    m = mask.shape[1]
     bi, mi = mask.nonzero(as_tuple=True)
-    gi, ri = labels[bi, mi], rank[bi, mi]
-    padded = boxes.new_zeros(n, c, length, 4)  # per-class groups in score order
-    padded_valid = torch.zeros(n, c, length, dtype=torch.bool, device=boxes.device)
-    padded[bi, gi, ri] = boxes[bi, mi]
-    padded_valid[bi, gi, ri] = True
+    order = -(bi * m + mi).double()  # row-major position as the score (exact in float64): each row keeps its order
+    kept = batched_nms(boxes[bi, mi], order, bi * c + labels[bi, mi], nms_thresh)
     keep = torch.zeros_like(mask)
-    keep[bi, mi] = nms_padded(padded, padded_valid, nms_thresh)[bi, gi, ri]
+    keep[bi[kept], mi[kept]] = True
     return keep
 
 
