@@ -132,14 +132,15 @@ def test_heavy_suppression_falls_back_to_every_candidate(monkeypatch):
     assert calls == {"best_pairs": 1, "per_class": 1}
 
 
-def test_class_rank_equals_counting_loop():
+def test_class_runs_equal_counting_loop():
     import importlib
 
     pp = importlib.import_module("multibox.postprocess")
     g = torch.Generator().manual_seed(9)
     labels = torch.randint(0, 5, (3, 40), generator=g)
     mask = torch.rand(3, 40, generator=g) > 0.3
-    rank, counts = pp._class_rank(labels, mask, 5)
+    runs = pp._class_runs(labels, mask, 5)
+    rank, counts = runs.rank, runs.counts
     for i in range(3):
         seen = [0] * 5
         for j in range(40):
