@@ -174,3 +174,46 @@ def test_staged_prefixes_reach_top_k_past_the_first_prefix(monkeypatch):
     assert len(ours[0].scores) == 40
     assert calls == {"best_pairs": 1, "per_class": 0}
     assert len(stages) >= 2 and stages[0] == 4 * 40  # the first prefix, then its kept pairs plus new ones
+
+
+@pytest.mark.parametrize(("a", "c", "m"), [(300, 6, 40), (50, 5, 120), (1, 2, 1), (7, 3, 7)])
+def test_top_pairs_equal_a_full_sort(a, c, m):
+    # m <= A takes the threshold-and-sort branch, m > A the top-k branch; both must list the m best pairs.
+    import importlib
+
+    pp = importlib.import_module("multibox.postprocess")
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, a, c, generator=g) * 3
+    probs = pp._class_major_softmax(logits)
+    scores, prior, labels = pp._top_pairs(probs, m)
+    best = probs[..., 1:].reshape(3, -1).sort(1, descending=True).values[:, :m]
+    torch.testing.assert_close(scores, best, rtol=0, atol=0)
+    rows = torch.arange(3)[:, None]
+    torch.testing.assert_close(probs[rows, prior, labels], scores, rtol=0, atol=0)
+    assert bool((labels >= 1).all()) and bool((labels < c).all())
+    pair_ids = prior * c + labels
+    assert all(len(set(r.tolist())) == m for r in pair_ids)  # no pair listed twice
+
+
+def test_top_pairs_break_ties_prior_major():
+    # Three priors score 0.2475 on each of four classes (12 tied pairs), seven more have one class at 0.105: the
+    # threshold branch sorts those 19 pairs and breaks the tie by prior, so the 10 listed are all four classes of
+    # two priors and two of the third, not one class after another (a class-major tie-break would fill a class's
+    # pre_nms_top_k cap before any other class is seen).
+    import importlib
+
+    pp = importlib.import_module("multibox.postprocess")
+    logits = torch.full((1, 30, 5), -10.0)
+    logits[0, :, 0] = 0.0
+    logits[0, 10:] = torch.tensor([10.0, 0.0, 0.0, 0.0, 0.0])  # background
+    logits[0, :3, 1:] = 5.0
+    logits[0, 3:10, 1] = -2.0
+    probs = pp._class_major_softmax(logits)
+    scores, prior, labels = pp._top_pairs(probs, 10)
+    torch.testing.assert_close(scores, torch.full((1, 10), float(probs[0, 0, 1])), rtol=0, atol=0)
+    assert sorted(torch.bincount(prior[0], minlength=30).tolist()) == [0] * 27 + [2, 4, 4]
+    assert int(prior.max()) < 3
+    # All scores tied (zero logits): too many pairs at the threshold, so the top-k branch lists 8 distinct tied pairs.
+    scores, prior, labels = pp._top_pairs(pp._class_major_softmax(torch.zeros(2, 30, 5)), 8)
+    assert torch.equal(scores, torch.full((2, 8), 0.2))
+    assert all(len(set((p * 5 + lab).tolist())) == 8 for p, lab in zip(prior, labels, strict=True))

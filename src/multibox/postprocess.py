@@ -245,8 +245,7 @@ def _top_pairs(probs: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     # over all A * C pairs.
     mp = min(m, a)
     best, top_priors = fg.amax(1).topk(mp, dim=1, sorted=False)  # (N, mp), a set: the pairs are ordered below
-    sub = fg.gather(2, top_priors[:, None, :].expand(n, c - 1, mp)).transpose(1, 2)  # (N, mp, C-1), a view
-    # Pairs are numbered prior-major (j = i (C - 1) + class - 1), so that tied scores spread over the priors.
+    sub = fg.gather(2, top_priors[:, None, :].expand(n, c - 1, mp))  # (N, C-1, mp)
     j = None
     if mp == m:
         # The pairs scoring at least the m-th best prior maximum: at least m (each top prior's maximum), and every
@@ -255,18 +254,23 @@ def _top_pairs(probs: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         counts = cand.sum((1, 2))
         width = int(counts.max())
         if m <= int(counts.min()) and width <= 2 * m:  # not so with NaN scores, or many ties at the threshold
-            ri, pi, ci = cand.nonzero(as_tuple=True)  # in prior-major order
+            ri, ci, pi = cand.nonzero(as_tuple=True)
+            # One int64 key per pair: the score descending (a non-negative float's bits order as integers), then
+            # the pair's prior-major number, so that tied scores spread over the priors.
+            key = (_MAX_BITS - sub[ri, ci, pi].view(torch.int32)).long() << 32 | (pi * (c - 1) + ci)
             col = torch.arange(ri.numel(), device=ri.device) - (counts.cumsum(0) - counts)[ri]
-            packed = sub.new_full((n, width), -math.inf)
-            packed[ri, col] = sub[ri, pi, ci]
-            index = torch.zeros(n, width, dtype=torch.int64, device=ri.device)
-            index[ri, col] = pi * (c - 1) + ci
-            scores, order = packed.sort(dim=1, descending=True, stable=True)
-            scores, j = scores[:, :m], index.gather(1, order[:, :m])
-    if j is None:
-        scores, j = sub.reshape(n, -1).topk(m, dim=1)
+            packed = torch.full((n, width), torch.iinfo(torch.int64).max, dtype=torch.int64, device=ri.device)
+            packed[ri, col] = key
+            key = packed.sort(dim=1).values[:, :m]
+            scores = (_MAX_BITS - (key >> 32)).int().view(torch.float32)
+            j = key & 0xFFFFFFFF
+    if j is None:  # prior-major, as the keys
+        scores, j = sub.transpose(1, 2).reshape(n, -1).topk(m, dim=1)
     prior = top_priors.gather(1, torch.div(j, c - 1, rounding_mode="floor"))
     return scores, prior, j % (c - 1) + 1
+
+
+_MAX_BITS = 0x7FFFFFFF  # above every finite float32's bit pattern as an int32
 
 
 class _ClassRuns(NamedTuple):
