@@ -219,13 +219,14 @@ def _best_pairs(
     kept_all = keep.sum(1)
     # Exhausted: every candidate above the threshold was among the m, or every class already hit its cap.
     exhausted = ~valid[:, -1] | (runs.counts[:, 1:] >= k).all(1)
+    # Every image's first top_k kept pairs in one gather (pairs are in score order), split per image.
+    take = keep & (keep.cumsum(1) <= top_k)
+    ri, pi = take.nonzero(as_tuple=True)
+    sizes = take.sum(1).tolist()
+    parts = zip(*(t.split(sizes) for t in (boxes[ri, pi], scores[ri, pi], labels[ri, pi])), strict=True)
     result: list[Detections | None] = []
-    for i, (n_kept, done) in enumerate(zip(kept_all.tolist(), exhausted.tolist(), strict=True)):
-        if n_kept < top_k and not done:
-            result.append(None)
-            continue
-        sel = keep[i].nonzero().squeeze(1)[:top_k]
-        result.append(Detections(boxes[i, sel], scores[i, sel], labels[i, sel]))
+    for n_kept, done, part in zip(kept_all.tolist(), exhausted.tolist(), parts, strict=True):
+        result.append(Detections(*part) if n_kept >= top_k or done else None)
     return result, kept_all.tolist()
 
 
