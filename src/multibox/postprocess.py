@@ -124,7 +124,8 @@ def postprocess(
     prefix, sized by its survival rate, with only the new pairs and the survivors of the shorter prefix entering
     NMS. Images still short after all ``M`` get a longer list (at least ``2 M``), until it would hold every
     candidate, when they go through all per-class candidates. With ``21`` classes this is many times fewer IoU
-    pairs in the common case and an image-wide top-k instead of one per class.
+    pairs in the common case, and one image-wide selection of pairs (:func:`_top_pairs`) instead of a top-k per
+    class.
 
     Args:
         pred: ``Prediction(cls_logits [B, A, C], box_deltas [B, A, 4])``.
