@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", default=None, help="a checkpoint (trained weights make the agreement meaningful)")
     b.add_argument("--num-classes", type=int, default=21)
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    b.add_argument("--paths", nargs="+", default=None, help="fp32 channels_last bf16 fp16 compile onnxruntime")
+    b.add_argument("--paths", nargs="+", default=None, help="fp32 channels_last bf16 fp16 compile int8 onnxruntime")
     b.add_argument("--compile", action="store_true", help="also time torch.compile")
     b.add_argument("--onnx", action="store_true", help="also time onnxruntime (CPU; needs the export extra)")
+    b.add_argument("--int8", action="store_true", help="also time the int8 backbone (CPU; calibrated on 32 images)")
     b.add_argument("--repeat", type=int, default=7)
     b.add_argument("--device", default="cpu")
 
@@ -297,9 +298,13 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     h, w = model.preprocess.image_size
     shapes = ShapesDataset(max(a.batch_sizes), (h, w), seed=123)
     images = torch.stack([shapes[i][0] for i in range(len(shapes))])
-    paths = a.paths or available_paths(device, compile=a.compile, onnx=a.onnx)
+    paths = a.paths or available_paths(device, compile=a.compile, onnx=a.onnx, int8=a.int8)
+    calibration = None
+    if "int8" in paths:  # other images than the timed ones, so that the agreement is not measured on them
+        calib_set = ShapesDataset(32, (h, w), seed=321)
+        calibration = torch.stack([calib_set[i][0] for i in range(len(calib_set))])
     rows = bench_model(model, images, batch_sizes=a.batch_sizes, paths=paths, device=device, repeat=a.repeat,
-                       gflops_per_image=info["gflops"])  # fmt: skip
+                       gflops_per_image=info["gflops"], calibration=calibration)  # fmt: skip
     peaks = {"fp32": matmul_peak_gflops(torch.float32, device.type)}
     if "bf16" in paths:
         peaks["bf16"] = matmul_peak_gflops(torch.bfloat16, device.type)

@@ -8,6 +8,8 @@ post-processing and the whole pipeline, for each inference path:
 - ``bf16``: ``torch.autocast`` bfloat16 + channels_last, the head in float32 (CPUs with avx512-bf16/AMX, or CUDA);
 - ``fp16``: autocast float16 + channels_last (CUDA only);
 - ``compile``: ``torch.compile`` of the best eager path (optional, slow to warm up);
+- ``int8``: the backbone quantized to int8 (static post-training quantization calibrated on separate images, see
+  :func:`multibox.models.quantize.quantize_int8`), the head in float32, channels_last (CPU only, optional);
 - ``onnxruntime``: the network exported to ONNX (raw outputs) and run by onnxruntime's CPU provider with as many
   intra-op threads as torch uses (optional, needs the ``export`` extra); pre- and post-processing as the others;
 
@@ -98,8 +100,9 @@ def _onnxruntime_available() -> bool:
     return True
 
 
-def available_paths(device: torch.device, compile: bool = False, onnx: bool = False) -> list[str]:
-    """The inference paths that make sense on ``device`` (``onnx``: add onnxruntime on the CPU if installed)."""
+def available_paths(device: torch.device, compile: bool = False, onnx: bool = False, int8: bool = False) -> list[str]:
+    """The inference paths that make sense on ``device`` (``onnx``: add onnxruntime on the CPU if installed;
+    ``int8``: add the int8 backbone on the CPU)."""
     paths = ["fp32", "channels_last"]
     if bf16_supported(device):
         paths.append("bf16")
@@ -107,6 +110,8 @@ def available_paths(device: torch.device, compile: bool = False, onnx: bool = Fa
         paths.append("fp16")
     if compile:
         paths.append("compile")
+    if int8 and device.type == "cpu":
+        paths.append("int8")
     if onnx and device.type == "cpu" and _onnxruntime_available():
         paths.append("onnxruntime")
     return paths
@@ -133,15 +138,25 @@ class _OnnxNetwork:
         return Prediction(torch.from_numpy(cls_logits), torch.from_numpy(box_deltas))
 
 
-def _prepare(model: nn.Module, path: str, device: torch.device) -> tuple[nn.Module, Callable[[], Any], bool]:
+def _prepare(
+    model: nn.Module, path: str, device: torch.device, calibration: torch.Tensor | None = None
+) -> tuple[nn.Module, Callable[[], Any], bool]:
     """``(model, autocast context factory, channels_last)`` for a path.
 
     Every path but the ``fp32`` reference runs a copy with BatchNorm folded into the preceding convolutions (exact
     up to rounding; the agreement column checks it), in NHWC; the autocast paths keep the head in float32
-    (``SSD.head_fp32``).
+    (``SSD.head_fp32``). ``int8`` needs ``calibration`` (normalised images).
     """
     from multibox.models.fuse import fold_batch_norms
 
+    if path == "int8":
+        from multibox.models.quantize import quantize_int8
+
+        if device.type != "cpu":
+            raise ValueError("the int8 path runs on the CPU; bench it with device='cpu'")
+        if calibration is None:
+            raise ValueError("the int8 path needs calibration images")
+        return quantize_int8(model.cpu(), calibration), nullcontext, True
     model = model.to(device).eval()
     cl = path != "fp32"
     if cl:
@@ -206,6 +221,7 @@ def bench_model(
     repeat: int = 7,
     warmup: int = 2,
     gflops_per_image: float | None = None,
+    calibration: torch.Tensor | None = None,
 ) -> list[BenchRow]:
     """Time pre-processing, network, post-processing and end to end for each path and batch size.
 
@@ -218,6 +234,8 @@ def bench_model(
         repeat: timed runs per measurement (the median is reported).
         warmup: untimed runs first.
         gflops_per_image: the network's cost, to report achieved GFLOP/s (see ``multibox info``).
+        calibration: ``uint8 Tensor[M, 3, H, W]`` images for the ``int8`` path's calibration (default: ``images``;
+            separate images keep the agreement column honest).
 
     Returns:
         One :class:`BenchRow` per (path, batch), with ``agreement`` against the fp32 path.
@@ -235,13 +253,17 @@ def bench_model(
     priors = model.priors.to(device)
     rows: list[BenchRow] = []
     reference: dict[int, list[Detections]] = {}
+    calib = None
+    if "int8" in paths:
+        source = images if calibration is None else calibration
+        calib = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in source])
     for path in paths:
         if path == "onnxruntime":
             if device.type != "cpu":
                 raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
             net, ctx, cl = _OnnxNetwork(model.cpu().eval()), nullcontext, False
         else:
-            net, ctx, cl = _prepare(model, path, device)
+            net, ctx, cl = _prepare(model, path, device, calib)
         for bs in batch_sizes:
             src = images[:bs]
 

@@ -267,7 +267,8 @@ class MobileNetV3Backbone(nn.Module):
         c4 = self.features[self.c4_index].block
         x = c4[0](x)  # the 1x1 expansion + BatchNorm + hard-swish: C4
         sources = [x]
-        x = c4[1:](x)  # depthwise (stride 2), squeeze-excite, projection; no residual in a stride-2 bneck
+        for layer in c4[1:]:  # depthwise (stride 2), squeeze-excite, projection; no residual in a stride-2 bneck
+            x = layer(x)  # (the registered modules one by one: a slice is a new, unregistered Sequential)
         for layer in self.features[self.c4_index + 1 :]:
             x = layer(x)
         sources.append(x)

@@ -1,0 +1,87 @@
+"""int8 inference on a CPU: static post-training quantization of an SSD's backbone.
+
+The backbone (and its extra layers) is by far the largest part of an SSD's cost, and on CPUs with AVX512-VNNI
+(or AMX) its convolutions run several times faster in int8 than in float32. :func:`quantize_int8` traces the
+backbone with ``torch.fx``, observes the activation ranges on calibration images, and converts it to quantized
+modules (per-channel int8 weights, uint8 activations, ``torch.backends.quantized.engine``'s kernels); layers
+without a quantized kernel (the L2Norm of conv4_3, for instance) run in float between dequantize/quantize steps.
+The head stays in float32, so the class scores and box offsets carry the backbone's rounding only.
+
+torch 2.13 marks its FX quantization API as deprecated in favour of the ``torchao`` package; it is complete and
+stable in the pinned version, and this module keeps its warnings out of the user's output.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["feature_error", "quantize_int8"]
+
+
+def quantize_int8(model: nn.Module, calibration: Tensor, *, max_error: float = 0.25, batch_size: int = 8) -> nn.Module:
+    """A copy of ``model`` whose backbone runs in int8; the model itself is left as it was.
+
+    Args:
+        model: an :class:`~multibox.models.ssd.SSD` on the CPU (BatchNorms are folded into the convolutions first).
+        calibration: ``Tensor[N, 3, H, W]`` float images normalised as the model expects (``model.preprocess``),
+            representative of the data; the activation ranges are observed on them. A few dozen are plenty.
+        max_error: the largest relative L2 error of any feature map on the calibration images that is accepted.
+        batch_size: calibration batch size.
+
+    Returns:
+        The quantized copy (in eval mode). It runs under ``torch.inference_mode`` on the CPU, with NCHW or
+        channels_last input.
+
+    Raises:
+        ValueError: if the model is not on the CPU, the CPU build has no quantized engine, the calibration set is
+            empty or of the wrong size, the backbone cannot be traced, or the int8 features differ from the float
+            ones by more than ``max_error`` (then int8 is not a faithful fast path for these weights).
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from multibox.models.fuse import fold_batch_norms
+
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("int8 quantization runs on the CPU: move the model there first (model.cpu())")
+    engine = torch.backends.quantized.engine
+    if engine not in ("x86", "fbgemm", "onednn", "qnnpack"):
+        raise ValueError(f"this torch build has no quantized CPU engine (engine {engine!r})")
+    size = tuple(getattr(model, "image_size", calibration.shape[-2:]))
+    if calibration.dim() != 4 or calibration.shape[0] == 0 or tuple(calibration.shape[-2:]) != size:
+        raise ValueError(
+            f"calibration must be a non-empty Tensor[N, 3, {size[0]}, {size[1]}], got {list(calibration.shape)}"
+        )
+    net = fold_batch_norms(model.eval())
+    backbone = net.backbone
+    calibration = calibration.float()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"torch\.ao\.")
+        warnings.filterwarnings("ignore", message=r".*(torchao|deprecat|quantiz).*")
+        try:
+            prepared = prepare_fx(copy.deepcopy(backbone), get_default_qconfig_mapping(engine), (calibration[:1],))
+        except Exception as e:  # torch.fx raises many types when it cannot trace a forward
+            raise ValueError(f"cannot quantize {type(backbone).__name__}: torch.fx could not trace it ({e})") from e
+        with torch.no_grad():
+            for start in range(0, calibration.shape[0], batch_size):
+                prepared(calibration[start : start + batch_size])
+        quantized = convert_fx(prepared)
+    error = feature_error(backbone, quantized, calibration[:batch_size])
+    if error > max_error:
+        raise ValueError(
+            f"int8 changes {type(backbone).__name__}'s features by {error:.1%} (relative L2) on the calibration "
+            f"images, more than max_error={max_error:.0%}: int8 is not a faithful fast path for these weights"
+        )
+    net.backbone = quantized
+    return net.eval()
+
+
+def feature_error(reference: nn.Module, candidate: nn.Module, images: Tensor) -> float:
+    """The largest relative L2 error ``|f' - f| / |f|`` over the source maps of two backbones on ``images``."""
+    with torch.inference_mode():
+        ref, out = reference(images), candidate(images)
+    return max(float((o.float() - r).norm() / r.norm().clamp(min=1e-12)) for o, r in zip(out, ref, strict=True))

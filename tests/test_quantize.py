@@ -1,0 +1,91 @@
+"""int8 backbones (static post-training quantization) and the bench's int8 path."""
+
+import pytest
+import torch
+from torch import nn
+
+from multibox import create_model
+from multibox.data import ShapesDataset
+from multibox.engine.bench import available_paths, bench_model
+from multibox.models.quantize import feature_error, quantize_int8
+
+pytestmark = pytest.mark.skipif(
+    torch.backends.quantized.engine not in ("x86", "fbgemm", "onednn", "qnnpack"), reason="no quantized CPU engine"
+)
+
+
+def shapes_batch(model, n, seed):
+    """``n`` shapes images normalised as ``model`` expects."""
+    pre = model.preprocess
+    ds = ShapesDataset(n, pre.image_size, seed=seed)
+    return pre.normalize(torch.stack([ds[i][0] for i in range(n)]).float())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("ssd_tiny", 4, image_size=64, width=4).eval()
+
+
+def test_int8_backbone_tracks_the_float_model(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    q = quantize_int8(tiny, shapes_batch(tiny, 16, seed=1))
+    kinds = {type(m).__module__ for m in q.backbone.modules()}
+    assert any(k.startswith("torch.ao.nn.intrinsic.quantized") or k.startswith("torch.ao.nn.quantized") for k in kinds)
+    assert all(p.dtype == torch.float32 for p in q.head.parameters())  # the head stays in float32
+    x = shapes_batch(tiny, 4, seed=2)  # other images than the calibration's
+    with torch.inference_mode():
+        ref, out = tiny(x), q(x)
+        out_cl = q(x.contiguous(memory_format=torch.channels_last))
+    rel = float((out.cls_logits - ref.cls_logits).norm() / ref.cls_logits.norm())
+    assert 0 < rel < 0.1  # rounded, but close
+    assert float((out.box_deltas - ref.box_deltas).norm() / ref.box_deltas.norm()) < 0.1
+    torch.testing.assert_close(out_cl.cls_logits, out.cls_logits, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())  # the original is untouched
+    assert feature_error(tiny.backbone, q.backbone, x) < 0.25
+
+
+def test_int8_refuses_features_it_cannot_represent(tiny):
+    # Activations of ~1e-12 are below the smallest quantization step: the int8 features would be all zero.
+    vanishing = create_model("ssd_tiny", 4, image_size=64, width=4).eval()
+    vanishing.load_state_dict(tiny.state_dict())
+    first = next(m for m in vanishing.backbone.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        first.weight.mul_(1e-12)
+        if first.bias is not None:
+            first.bias.mul_(1e-12)
+    with pytest.raises(ValueError, match="not a faithful fast path"):
+        quantize_int8(vanishing, shapes_batch(tiny, 8, seed=1))
+
+
+def test_int8_checks_its_calibration_images(tiny):
+    with pytest.raises(ValueError, match="calibration must be"):
+        quantize_int8(tiny, torch.zeros(0, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"Tensor\[N, 3, 64, 64\]"):
+        quantize_int8(tiny, torch.zeros(2, 3, 32, 32))
+
+
+def test_mobilenet_backbone_traces_for_quantization():
+    # torch.fx must see every module it calls as a registered submodule (a Sequential slice is not one).
+    model = create_model("ssdlite320_mobilenet_v3", 3, image_size=128).eval()
+    traced = torch.fx.symbolic_trace(model.backbone)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        for a, b in zip(model.backbone(x), traced(x), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_bench_int8_path(tiny):
+    assert available_paths(torch.device("cpu"), int8=True)[-1] == "int8"
+    ds = ShapesDataset(2, 80, seed=1)
+    images = torch.stack([ds[i][0] for i in range(2)])
+    calib = ShapesDataset(8, 80, seed=3)
+    calibration = torch.stack([calib[i][0] for i in range(8)])
+    rows = bench_model(tiny, images, batch_sizes=(2,), paths=["fp32", "int8"], repeat=2, warmup=1,
+                       calibration=calibration)  # fmt: skip
+    assert [r.path for r in rows] == ["fp32", "int8"]
+    assert rows[1].net_ms > 0 and rows[1].agreement is not None and 0.0 <= rows[1].agreement <= 1.0
+    with pytest.raises(ValueError, match="needs calibration"):
+        from multibox.engine.bench import _prepare
+
+        _prepare(tiny, "int8", torch.device("cpu"))
