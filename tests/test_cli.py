@@ -43,6 +43,8 @@ def test_train_eval_detect_smoke(tmp_path, capsys):
     assert "mAP" in capsys.readouterr().out
     assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--fast"]) == 0
     assert "mAP" in capsys.readouterr().out
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--int8", "4"]) == 0
+    assert "mAP" in capsys.readouterr().out
     from PIL import Image
 
     Image.new("RGB", (50, 40), (90, 120, 30)).save(tmp_path / "a.jpg")

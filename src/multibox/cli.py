@@ -15,6 +15,7 @@ EXAMPLES = {
     "train": "example:\n  multibox train ssd_tiny_shapes --set train.max_iters=300 --set train.out_dir=runs/t\n"
     "  multibox train ssd300_vgg16_voc --set data.root=VOCdevkit/VOC2007 --resume auto",
     "eval": "example:\n  multibox eval --weights runs/demo/last.pt\n"
+    "  multibox eval --weights runs/demo/last.pt --int8 32    # int8 backbone, calibrated on 32 training images\n"
     "  multibox eval --weights last.pt --config ssd300_vgg16_voc --set data.root=VOC2007 --metric voc",
     "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect\n"
     "  multibox detect img.jpg --onnx model.onnx         # onnxruntime only, no torch needed",
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for metrics.json and pr_curves.png")
     e.add_argument("--device", default="auto")
     e.add_argument("--fast", action="store_true", help="BatchNorm folded, channels_last, bf16 where supported")
+    e.add_argument("--int8", type=int, default=0, metavar="N",
+                   help="int8 backbone (CPU) calibrated on the first N training images (e.g. 32)")  # fmt: skip
 
     det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
     det.add_argument("inputs", nargs="+", help="image files and/or folders")
@@ -181,6 +184,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     model = model_from_checkpoint(ckpt)
     data = build_dataset(cfg.data, "val", cfg.model.image_size)
     ev = cfg.eval
+    calibration = None
+    if a.int8:  # calibrated on training images, not on the evaluated ones
+        from multibox.engine.evaluate import preprocessed_images
+
+        calibration = preprocessed_images(model, build_dataset(cfg.data, "train", cfg.model.image_size), a.int8)
     out = evaluate(
         model,
         data,
@@ -194,6 +202,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         top_k=ev.top_k,
         device=resolve_device(a.device),
         fast=a.fast,
+        int8_calibration=calibration,
     )
     width = max(len(k) for k in out)
     for k, v in out.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -17,7 +18,14 @@ from torch.utils.data import DataLoader, Dataset
 from multibox.postprocess import postprocess
 from multibox.structures import Detections
 
-__all__ = ["EvalOutput", "evaluate", "evaluate_detections", "predict_dataset", "scale_detections"]
+__all__ = [
+    "EvalOutput",
+    "evaluate",
+    "evaluate_detections",
+    "predict_dataset",
+    "preprocessed_images",
+    "scale_detections",
+]
 
 
 def scale_detections(det: Detections, height: int, width: int) -> Detections:
@@ -56,6 +64,7 @@ def predict_dataset(
     amp: str = "none",
     channels_last: bool = False,
     fast: bool = False,
+    int8_calibration: torch.Tensor | None = None,
     score_thresh: float = 0.01,
     nms_thresh: float = 0.45,
     pre_nms_top_k: int = 200,
@@ -64,7 +73,9 @@ def predict_dataset(
     """Run the model over a dataset.
 
     ``fast`` replaces ``amp`` and ``channels_last`` by :func:`multibox.engine.bench.fast_path` (BatchNorm folded,
-    channels_last, bf16 autocast where supported, the head in float32).
+    channels_last, bf16 autocast where supported, the head in float32). ``int8_calibration`` (normalised images,
+    better not the evaluated ones) runs the int8 backbone of :func:`multibox.models.quantize.quantize_int8` on the
+    CPU instead.
 
     Returns:
         ``(detections, targets, seconds)``: per image, detections with boxes in the image's original pixels,
@@ -79,7 +90,13 @@ def predict_dataset(
     loader = DataLoader(items, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     model.eval().to(device)
     net: nn.Module = model
-    if fast:
+    if int8_calibration is not None:
+        from multibox.models.quantize import quantize_int8
+
+        if device.type != "cpu":
+            raise ValueError("int8 inference runs on the CPU; evaluate with device='cpu'")
+        net, ctx, channels_last = quantize_int8(model, int8_calibration), contextlib.nullcontext, True
+    elif fast:
         from multibox.engine.bench import fast_path
 
         net, ctx, channels_last, _ = fast_path(model, device)
@@ -109,6 +126,19 @@ def predict_dataset(
             dets.append(Detections(*(t.cpu() for t in scale_detections(d, h, w))))
         targets += tgts
     return dets, targets, time.perf_counter() - t0
+
+
+def preprocessed_images(model: nn.Module, dataset: Dataset, n: int) -> torch.Tensor:
+    """The first ``n`` images of ``dataset`` as the model sees them at inference (``Tensor[n, 3, H, W]``), e.g. to
+    calibrate :func:`multibox.models.quantize.quantize_int8`."""
+    from multibox.data import eval_transform
+
+    pre = model.preprocess
+    items = _EvalItems(dataset, eval_transform(pre.image_size, pre.mean, pre.std))
+    n = min(n, len(items))
+    if n < 1:
+        raise ValueError("no images to take: the dataset is empty or n < 1")
+    return torch.stack([items[i][0] for i in range(n)])
 
 
 class EvalOutput(dict):
