@@ -23,7 +23,7 @@ __all__ = ["feature_error", "quantize_int8"]
 
 
 def quantize_int8(model: nn.Module, calibration: Tensor, *, max_error: float = 0.25, batch_size: int = 8) -> nn.Module:
-    """A copy of ``model`` whose backbone runs in int8; the model itself is left as it was.
+    """A copy of ``model`` whose backbone runs in int8; ``model`` itself is only put in eval mode.
 
     Args:
         model: an :class:`~multibox.models.ssd.SSD` on the CPU (BatchNorms are folded into the convolutions first).
