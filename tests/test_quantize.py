@@ -46,8 +46,8 @@ def test_int8_backbone_tracks_the_float_model(tiny):
     assert feature_error(tiny.backbone, q.backbone, x) < 0.25
 
 
-def test_int8_refuses_features_it_cannot_represent(tiny):
-    # Activations of ~1e-12 are below the smallest quantization step: the int8 features would be all zero.
+def vanishing_copy(tiny):
+    """``tiny`` with activations of ~1e-12, below the smallest quantization step: int8 features would be all zero."""
     vanishing = create_model("ssd_tiny", 4, image_size=64, width=4).eval()
     vanishing.load_state_dict(tiny.state_dict())
     first = next(m for m in vanishing.backbone.modules() if isinstance(m, nn.Conv2d))
@@ -55,8 +55,20 @@ def test_int8_refuses_features_it_cannot_represent(tiny):
         first.weight.mul_(1e-12)
         if first.bias is not None:
             first.bias.mul_(1e-12)
+    return vanishing
+
+
+def test_int8_refuses_features_it_cannot_represent(tiny):
     with pytest.raises(ValueError, match="not a faithful fast path"):
-        quantize_int8(vanishing, shapes_batch(tiny, 8, seed=1))
+        quantize_int8(vanishing_copy(tiny), shapes_batch(tiny, 8, seed=1))
+
+
+def test_bench_skips_a_refused_int8_path_with_a_warning(tiny):
+    ds = ShapesDataset(2, 80, seed=1)
+    images = torch.stack([ds[i][0] for i in range(2)])
+    with pytest.warns(UserWarning, match="skipped the int8 path"):
+        rows = bench_model(vanishing_copy(tiny), images, batch_sizes=(2,), paths=["fp32", "int8"], repeat=1, warmup=0)
+    assert [r.path for r in rows] == ["fp32"]
 
 
 def test_int8_checks_its_calibration_images(tiny):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -262,6 +263,12 @@ def bench_model(
             if device.type != "cpu":
                 raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
             net, ctx, cl = _OnnxNetwork(model.cpu().eval()), nullcontext, False
+        elif path == "int8":
+            try:
+                net, ctx, cl = _prepare(model, path, device, calib)
+            except ValueError as e:  # e.g. the quantization guard: report and go on with the other paths
+                warnings.warn(f"bench: skipped the int8 path: {e}", stacklevel=2)
+                continue
         else:
             net, ctx, cl = _prepare(model, path, device, calib)
         for bs in batch_sizes:
