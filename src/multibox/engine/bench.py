@@ -154,7 +154,7 @@ def _prepare(
         from multibox.models.quantize import quantize_int8
 
         if device.type != "cpu":
-            raise ValueError("the int8 path runs on the CPU; bench it with device='cpu'")
+            raise ValueError("the int8 path runs on the CPU; use device='cpu'")
         if calibration is None:
             raise ValueError("the int8 path needs calibration images")
         return quantize_int8(model.cpu(), calibration), nullcontext, True
@@ -181,14 +181,18 @@ def _prepare(
     return model, ctx, cl
 
 
-def fast_path(model: nn.Module, device: torch.device) -> tuple[nn.Module, Callable[[], Any], bool, str]:
+def fast_path(
+    model: nn.Module, device: torch.device, int8_calibration: torch.Tensor | None = None
+) -> tuple[nn.Module, Callable[[], Any], bool, str]:
     """The fastest eager inference path on ``device``: ``(model, autocast context factory, channels_last, name)``.
 
     bf16 autocast where the device supports it (avx512-bf16/AMX CPUs, CUDA), else fp32; channels_last and
-    BatchNorm folded either way. The model returned is a folded copy; ``model`` itself is only moved to ``device``.
+    BatchNorm folded either way. With ``int8_calibration`` (normalised images, better not the evaluated ones) the
+    backbone runs in int8 instead (CPU only, :func:`multibox.models.quantize.quantize_int8`). The model returned is
+    a folded copy; ``model`` itself is only moved to ``device``.
     """
-    path = "bf16" if bf16_supported(device) else "channels_last"
-    net, ctx, cl = _prepare(model, path, device)
+    path = "int8" if int8_calibration is not None else "bf16" if bf16_supported(device) else "channels_last"
+    net, ctx, cl = _prepare(model, path, device, int8_calibration)
     return net, ctx, cl, path
 
 
@@ -251,13 +255,14 @@ def bench_model(
     pre = model.preprocess
     transform = eval_transform(pre.image_size, pre.mean, pre.std)
     empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+
+    def inputs(src: torch.Tensor) -> torch.Tensor:  # uint8 images -> the network's normalised batch
+        return torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in src])
+
     priors = model.priors.to(device)
     rows: list[BenchRow] = []
     reference: dict[int, list[Detections]] = {}
-    calib = None
-    if "int8" in paths:
-        source = images if calibration is None else calibration
-        calib = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in source])
+    calib = inputs(images if calibration is None else calibration) if "int8" in paths else None
     for path in paths:
         if path == "onnxruntime":
             if device.type != "cpu":
@@ -275,7 +280,7 @@ def bench_model(
             src = images[:bs]
 
             def preprocess(src: torch.Tensor = src, cl: bool = cl) -> torch.Tensor:
-                x = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in src]).to(device)
+                x = inputs(src).to(device)
                 return x.contiguous(memory_format=torch.channels_last) if cl else x
 
             with torch.inference_mode():

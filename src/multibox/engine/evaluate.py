@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -73,9 +72,9 @@ def predict_dataset(
     """Run the model over a dataset.
 
     ``fast`` replaces ``amp`` and ``channels_last`` by :func:`multibox.engine.bench.fast_path` (BatchNorm folded,
-    channels_last, bf16 autocast where supported, the head in float32). ``int8_calibration`` (normalised images,
-    better not the evaluated ones) runs the int8 backbone of :func:`multibox.models.quantize.quantize_int8` on the
-    CPU instead.
+    channels_last, bf16 autocast where supported, the head in float32); ``int8_calibration`` (normalised images,
+    better not the evaluated ones) makes it the int8 backbone of :func:`multibox.models.quantize.quantize_int8`
+    (CPU only).
 
     Returns:
         ``(detections, targets, seconds)``: per image, detections with boxes in the image's original pixels,
@@ -90,16 +89,10 @@ def predict_dataset(
     loader = DataLoader(items, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     model.eval().to(device)
     net: nn.Module = model
-    if int8_calibration is not None:
-        from multibox.models.quantize import quantize_int8
-
-        if device.type != "cpu":
-            raise ValueError("int8 inference runs on the CPU; evaluate with device='cpu'")
-        net, ctx, channels_last = quantize_int8(model, int8_calibration), contextlib.nullcontext, True
-    elif fast:
+    if fast or int8_calibration is not None:
         from multibox.engine.bench import fast_path
 
-        net, ctx, channels_last, _ = fast_path(model, device)
+        net, ctx, channels_last, _ = fast_path(model, device, int8_calibration)
     else:
         if channels_last:
             model.to(memory_format=torch.channels_last)
