@@ -286,15 +286,20 @@ class _ClassRuns(NamedTuple):
 
 def _class_runs(labels: Tensor, mask: Tensor, c: int) -> _ClassRuns:
     """Group the masked pairs (``labels Tensor[N, M]`` in ``[0, c)``, ``mask Tensor[N, M]``) by class, in row order."""
-    n, m = labels.shape
+    m = labels.shape[1]
     pos = torch.arange(m, device=labels.device)
     key, order = (torch.where(mask, labels, c) * m + pos).sort(1)  # by class, then row order; unmasked last
     group = torch.div(key, m, rounding_mode="floor")
-    counts = torch.zeros(n, c + 1, dtype=torch.int64, device=labels.device).scatter_add_(1, group, (group < c).long())
-    counts = counts[:, :c]
-    start = counts.cumsum(1) - counts  # where each class's run begins in the sorted row
-    rank = torch.empty_like(order).scatter_(1, order, pos - start.gather(1, group.clamp(max=c - 1)))
-    return _ClassRuns(order, group, rank, counts)
+    counts, start = _run_counts(group, (group < c).long(), c)  # start: where each class's run begins in the row
+    rank = torch.empty_like(order).scatter_(1, order, pos - start.gather(1, group))
+    return _ClassRuns(order, group, rank, counts[:, :c])
+
+
+def _run_counts(group: Tensor, weight: Tensor, c: int) -> tuple[Tensor, Tensor]:
+    """Per row of class-sorted entries (``group Tensor[N, M]`` in ``[0, c]``), each class's total ``weight`` and the
+    total of the classes before it (``Tensor[N, c + 1]`` each)."""
+    counts = torch.zeros(group.shape[0], c + 1, dtype=torch.int64, device=group.device).scatter_add_(1, group, weight)
+    return counts, counts.cumsum(1) - counts
 
 
 def _nms_pairs(boxes: Tensor, order: Tensor, mask: Tensor, group: Tensor, nms_thresh: float, c: int) -> Tensor:
@@ -307,12 +312,10 @@ def _nms_pairs(boxes: Tensor, order: Tensor, mask: Tensor, group: Tensor, nms_th
         ``Tensor[N, M]`` bool, the kept pairs.
     """
     n = mask.shape[0]
-    sel = mask.gather(1, order)  # (N, M), the pairs to resolve in class order
+    sel = mask.gather(1, order).long()  # (N, M), 1 for the pairs to resolve, in class order
     # Each selected pair's place among the selected pairs of its (row, class): the count of selected entries
     # before it in the sorted row, less the count before its class's run.
-    before = sel.cumsum(1) - sel.long()
-    per_class = torch.zeros(n, c + 1, dtype=torch.int64, device=mask.device).scatter_add_(1, group, sel.long())
-    rank = before - (per_class.cumsum(1) - per_class).gather(1, group)
+    rank = (sel.cumsum(1) - sel) - _run_counts(group, sel, c)[1].gather(1, group)
     ri, ei = sel.nonzero(as_tuple=True)
     g, r, src = ri * c + group[ri, ei], rank[ri, ei], order[ri, ei]
     width = int(r.max()) + 1 if r.numel() else 0
