@@ -31,7 +31,7 @@ def quantize_int8(model: nn.Module, calibration: Tensor, *, max_error: float = 0
             representative of the data; the activation ranges are observed on them. A few dozen are plenty.
         max_error: the largest relative L2 error of any feature map on the calibration images that is accepted. A
             guard against a broken quantization (activations below the int8 step, say), not an accuracy test: an
-            SSD300-ResNet50 whose int8 maps were 13-27% off lost 0.014 mAP (0.485 -> 0.470); judge the detections
+            SSD300-ResNet50 whose worst int8 map was 31% off lost 0.014 mAP (0.485 -> 0.470); judge the detections
             (``multibox bench``'s agreement column, ``multibox eval --int8``).
         batch_size: calibration batch size.
 
