@@ -1,11 +1,14 @@
+import math
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import multibox.loss
 from multibox.boxes import box_iou, cxcywh_to_xyxy, encode
-from multibox.loss import hard_negative_mask, multibox_loss
+from multibox.loss import background_loss, hard_negative_mask, multibox_loss
+from multibox.matching import match, pad_targets
 from multibox.structures import Prediction
 
 
@@ -106,3 +109,52 @@ def test_degenerate_box_is_ignored_with_warning_and_bad_label_raises():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         multibox_loss(pred, targets, priors)
+
+
+def test_background_loss_equals_log_softmax_and_keeps_precision():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, 21, generator=g) * 4
+    x[0, :10, 0] += 40.0  # very easy negatives: hardness ~1e-17, where 1 - softmax would read 0
+    x[1, 0, 5] = x[1, 0, 0] + 150.0  # exp(x_5 - x_0) overflows float32: recomputed exactly
+    x[1, 1, 0] = 500.0  # background far ahead of everything: hardness underflows to 0 correctly
+    xd = x.double()  # float64 reference of log1p(sum exp(x_c - x_0)) (log_softmax's own rounding is ~1e-16 absolute)
+    ref = torch.log1p(torch.exp(xd[..., 1:] - xd[..., :1]).sum(-1))
+    out = background_loss(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 50)
+    assert float(out[1, 1]) == 0.0 and float(ref[1, 1]) < 1e-200  # below float32's range
+    ref[1, 1] = 0.0
+    # Relative precision everywhere: exp(x_c - x_0) near -60 carries the argument's float32 rounding (~4e-6 rel.).
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=0)
+    assert 1e-19 < float(out[0, 0]) < 1e-12 and float(out[1, 0]) == pytest.approx(150.0, rel=1e-6)
+
+
+def test_background_loss_edge_cases(monkeypatch):
+    nan = torch.zeros(2, 4, 3)
+    nan[1, 2, 1] = float("nan")
+    out = background_loss(nan)
+    assert out[1, 2].isnan() and torch.isfinite(out.flatten()[torch.arange(8) != 6]).all()
+    assert float(out[0, 0]) == pytest.approx(math.log(3.0))  # three equal logits: -log(1/3)
+    assert background_loss(torch.zeros(0, 5, 21)).shape == (0, 5)
+    assert torch.equal(background_loss(torch.randn(2, 7, 1)), torch.zeros(2, 7))  # background only
+    bf16 = torch.randn(2, 9, 21).bfloat16()
+    torch.testing.assert_close(background_loss(bf16), -torch.log_softmax(bf16.float(), -1)[..., 0])
+    x = torch.randn(3, 11, 21) * 3
+    whole = background_loss(x)
+    monkeypatch.setattr(multibox.loss, "_CHUNK", 7)  # 33 priors: slices of 7, the last one short
+    torch.testing.assert_close(background_loss(x), whole, rtol=0, atol=0)
+
+
+def test_conf_gradient_equals_dense_cross_entropy():
+    pred, targets, priors = make_problem(3)
+    logits = pred.cls_logits.clone().requires_grad_()
+    multibox_loss(Prediction(logits, pred.box_deltas), targets, priors)["conf"].backward()
+    # Reference: full cross-entropy over [B, A, C], masked to the positives and the mined negatives.
+    ref_logits = pred.cls_logits.clone().requires_grad_()
+    gt_boxes, gt_labels, valid = pad_targets(targets)
+    m = match(gt_boxes, valid, priors)
+    conf_t = torch.where(m.positive, torch.gather(gt_labels, 1, m.gt_index), 0)
+    ce = F.cross_entropy(ref_logits.transpose(1, 2), conf_t, reduction="none")  # (B, A)
+    chosen = m.positive | hard_negative_mask(ce.detach(), m.positive)
+    (torch.where(chosen, ce, 0.0).sum() / m.positive.sum()).backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+    assert (logits.grad[~chosen] == 0).all() and (logits.grad[chosen].abs().sum(-1) > 0).all()
