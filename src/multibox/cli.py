@@ -351,9 +351,16 @@ def _cmd_scan(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multibox`` command."""
     args = build_parser().parse_args(argv)
+    if args.verb in _COMPUTE_VERBS:
+        from multibox.memory import tune_malloc
+
+        tune_malloc()  # reuse freed tensor memory instead of page-faulting it back in every step (glibc)
     handlers = {
         "demo": _cmd_demo,
         "train": _cmd_train,
