@@ -29,7 +29,8 @@ def background_loss(cls_logits: Tensor) -> Tensor:
 
     Computed without gradient as ``log1p(sum_{c >= 1} exp(x_c - x_0))``: a subtraction, an exponential and a
     matrix-vector product that sums the class axis (a class axis of 21 is too short for the reduction kernels; the
-    product reads it as rows), slice by slice, in about 0.65x of a ``log_softmax`` over ``[B, A, C]`` on this CPU.
+    product reads it as rows), slice by slice: 0.6-0.65x of a ``log_softmax`` over ``[B, A, C]`` on this 2-core CPU
+    when it is quiet, but its many small ops are hit harder by the host's slow phases (see the issue note).
     Shifting by the background logit instead of the maximum keeps ``log1p``'s full relative precision for the very
     easy negatives, as ``log_softmax`` has. Priors where a class is more than about 88 ahead of the background (the
     exponential overflows) are recomputed with ``log_softmax``, so the result is exact to rounding for every input;
