@@ -15,11 +15,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def shapes_images(n, size, seed):
+    """``n`` shapes images, ``uint8 Tensor[n, 3, size, size]``."""
+    ds = ShapesDataset(n, size, seed=seed)
+    return torch.stack([ds[i][0] for i in range(n)])
+
+
 def shapes_batch(model, n, seed):
     """``n`` shapes images normalised as ``model`` expects."""
     pre = model.preprocess
-    ds = ShapesDataset(n, pre.image_size, seed=seed)
-    return pre.normalize(torch.stack([ds[i][0] for i in range(n)]).float())
+    return pre.normalize(shapes_images(n, pre.image_size, seed).float())
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +69,7 @@ def test_int8_refuses_features_it_cannot_represent(tiny):
 
 
 def test_bench_skips_a_refused_int8_path_with_a_warning(tiny):
-    ds = ShapesDataset(2, 80, seed=1)
-    images = torch.stack([ds[i][0] for i in range(2)])
+    images = shapes_images(2, 80, seed=1)
     with pytest.warns(UserWarning, match="skipped the int8 path"):
         rows = bench_model(vanishing_copy(tiny), images, batch_sizes=(2,), paths=["fp32", "int8"], repeat=1, warmup=0)
     assert [r.path for r in rows] == ["fp32"]
@@ -90,10 +94,8 @@ def test_mobilenet_backbone_traces_for_quantization():
 
 def test_bench_int8_path(tiny):
     assert available_paths(torch.device("cpu"), int8=True)[-1] == "int8"
-    ds = ShapesDataset(2, 80, seed=1)
-    images = torch.stack([ds[i][0] for i in range(2)])
-    calib = ShapesDataset(8, 80, seed=3)
-    calibration = torch.stack([calib[i][0] for i in range(8)])
+    images = shapes_images(2, 80, seed=1)
+    calibration = shapes_images(8, 80, seed=3)
     rows = bench_model(tiny, images, batch_sizes=(2,), paths=["fp32", "int8"], repeat=2, warmup=1,
                        calibration=calibration)  # fmt: skip
     assert [r.path for r in rows] == ["fp32", "int8"]

@@ -305,13 +305,15 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     model = load_detector(a.weights)[0] if a.weights else create_model(a.model, a.num_classes)
     info = model_info(model)
     h, w = model.preprocess.image_size
-    shapes = ShapesDataset(max(a.batch_sizes), (h, w), seed=123)
-    images = torch.stack([shapes[i][0] for i in range(len(shapes))])
+
+    def shapes_images(n: int, seed: int) -> torch.Tensor:
+        shapes = ShapesDataset(n, (h, w), seed=seed)
+        return torch.stack([shapes[i][0] for i in range(n)])
+
+    images = shapes_images(max(a.batch_sizes), seed=123)
     paths = a.paths or available_paths(device, compile=a.compile, onnx=a.onnx, int8=a.int8)
-    calibration = None
-    if "int8" in paths:  # other images than the timed ones, so that the agreement is not measured on them
-        calib_set = ShapesDataset(32, (h, w), seed=321)
-        calibration = torch.stack([calib_set[i][0] for i in range(len(calib_set))])
+    # int8 calibrates on other images than the timed ones, so that the agreement is not measured on them.
+    calibration = shapes_images(32, seed=321) if "int8" in paths else None
     rows = bench_model(model, images, batch_sizes=a.batch_sizes, paths=paths, device=device, repeat=a.repeat,
                        gflops_per_image=info["gflops"], calibration=calibration)  # fmt: skip
     peaks = {"fp32": matmul_peak_gflops(torch.float32, device.type)}

@@ -34,7 +34,8 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20)
 
     Returns:
         True when the settings were applied; False off glibc (macOS, Windows, musl) or when the environment already
-        sets glibc's malloc parameters (``GLIBC_TUNABLES`` with ``glibc.malloc``, or ``MALLOC_*_``), which win.
+        sets glibc's malloc parameters (``GLIBC_TUNABLES`` with ``glibc.malloc``, ``MALLOC_MMAP_THRESHOLD_``,
+        ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or ``MALLOC_ARENA_MAX``), which win.
     """
     if not sys.platform.startswith("linux"):
         return False

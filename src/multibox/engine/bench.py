@@ -275,7 +275,7 @@ def bench_model(
                 warnings.warn(f"bench: skipped the int8 path: {e}", stacklevel=2)
                 continue
         else:
-            net, ctx, cl = _prepare(model, path, device, calib)
+            net, ctx, cl = _prepare(model, path, device)
         for bs in batch_sizes:
             src = images[:bs]
 
