@@ -1,24 +1,27 @@
 """Agreement of int8 variants with fp32 on a trained checkpoint (nothing asserted; figures for the issue note).
 
-    python benchmarks/int8_variants.py WEIGHTS [--images 64] [--variants default range8 float:layer3 ...]
+    python benchmarks/int8_variants.py WEIGHTS [--images 64] [--variants default torch stem-float,calib128 ...]
 
 For each variant, ``multibox.models.quantize.quantize_int8`` calibrates on shapes images (seed 321) and the int8
 detections on other shapes images (seed 999) are scored against the fp32 ones (``path_agreement``: VOC area AP at
-IoU 0.5, 1.0 = the same boxes and ranking). Variants: ``default``; ``calib128`` (128 calibration images instead of
-32); ``minmax`` (min/max activation observer instead of the histogram one); ``range8`` (8-bit activations instead of
-torch's 7-bit x86 default); ``float:NAME[+NAME...]`` (those
-backbone submodules kept in float, e.g. ``float:conv1``, ``float:layer3``, ``float:layer3.4+layer3.5``). The
-variants are made by wrapping torch's default qconfig mapping, which ``quantize_int8`` asks for.
+IoU 0.5, 1.0 = the same boxes and ranking); the int8 network's median time per batch of 8 is printed beside it.
+A variant is one or more of these, joined by commas: ``default`` (``quantize_int8``'s defaults: 8-bit activations
+on a CPU with VNNI, everything quantized, 32 calibration images); ``torch`` (torch's own x86 defaults: 7-bit
+activations); ``bits7`` / ``bits8`` (activation bits); ``stem-float`` (keep the first convolution in float);
+``float:NAME[+NAME...]`` (keep those backbone submodules in float, e.g. ``float:layer3``,
+``float:layer3.4+layer3.5``); ``calibN`` (N calibration images); ``x86`` / ``fbgemm`` / ``onednn`` (the quantized
+engine, for calibration and inference; torch's onednn configuration has 8-bit activations, ``bits7`` does not
+change it).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
 import torch
-import torch.ao.quantization as tq
 
 from multibox import postprocess
 from multibox.data import ShapesDataset
@@ -26,18 +29,49 @@ from multibox.engine.bench import path_agreement
 from multibox.engine.inference import load_detector
 from multibox.models.quantize import quantize_int8
 
+ENGINES = ("x86", "fbgemm", "onednn")
+
+
+def parse_variant(variant: str) -> dict:
+    """``"onednn,calib128"`` -> the settings it names (unknown parts exit with a message)."""
+    spec = {"calib": 32, "eight_bit": None, "stem": False, "float": [], "engine": torch.backends.quantized.engine}
+    for part in variant.split(","):
+        if part == "default":
+            pass
+        elif part == "torch":
+            spec["eight_bit"] = False
+        elif part in ("bits7", "bits8"):
+            spec["eight_bit"] = part == "bits8"
+        elif part == "stem-float":
+            spec["stem"] = True
+        elif part.startswith("calib") and part[len("calib") :].isdigit():
+            spec["calib"] = int(part[len("calib") :])
+        elif part in ENGINES:
+            spec["engine"] = part
+        elif part.startswith("float:"):
+            spec["float"] += part[len("float:") :].split("+")
+        else:
+            raise SystemExit(f"unknown variant part {part!r} in {variant!r}")
+    return spec
+
+
+def stem_name(backbone: torch.nn.Module) -> str:
+    return next(n for n, m in backbone.named_modules() if isinstance(m, torch.nn.Conv2d))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--variants", nargs="+", default=["default"])
+    ap.add_argument("--repeat", type=int, default=5, help="timed batches of 8 per variant")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.ao's deprecation notices
     model = load_detector(args.weights)[0].eval()
     pre = model.preprocess
+    specs = [parse_variant(v) for v in args.variants]
 
     def batch(n: int, seed: int) -> torch.Tensor:
         ds = ShapesDataset(n, pre.image_size, seed=seed)
@@ -49,37 +83,35 @@ def main() -> None:
         with torch.inference_mode():
             return [d for i in range(0, len(test), 8) for d in postprocess(net(test[i : i + 8]), model.priors)]
 
+    def net_ms(net: torch.nn.Module) -> float:
+        x = test[:8].contiguous(memory_format=torch.channels_last)
+        times = []
+        with torch.inference_mode():
+            for _ in range(args.repeat + 1):
+                t0 = time.perf_counter()
+                net(x)
+                times.append(time.perf_counter() - t0)
+        return 1000 * statistics.median(times[1:])
+
     reference = detect(model)
-    default_mapping = tq.get_default_qconfig_mapping
-    for variant in args.variants:
-        calib_n, keep_float, observer = 32, [], None
-        if variant == "calib128":
-            calib_n = 128
-        elif variant == "minmax":
-            observer = tq.observer.MinMaxObserver.with_args(reduce_range=True)
-        elif variant == "range8":
-            observer = tq.observer.HistogramObserver.with_args(reduce_range=False)
-        elif variant.startswith("float:"):
-            keep_float = variant[len("float:") :].split("+")
-        elif variant != "default":
-            raise SystemExit(f"unknown variant {variant!r}")
-
-        def mapping(engine: str, keep_float=keep_float, observer=observer):
-            m = default_mapping(engine)
-            if observer is not None:
-                m.set_global(tq.QConfig(activation=observer, weight=m.global_qconfig.weight))
-            for name in keep_float:
-                m.set_module_name(name, None)
-            return m
-
-        tq.get_default_qconfig_mapping = mapping
+    default_engine = torch.backends.quantized.engine
+    for variant, spec in zip(args.variants, specs, strict=True):
+        keep_float = ([stem_name(model.backbone)] if spec["stem"] else []) + spec["float"]
+        torch.backends.quantized.engine = spec["engine"]
         try:
             t0 = time.perf_counter()
-            q = quantize_int8(model, batch(calib_n, 321), max_error=10.0)
+            q = quantize_int8(
+                model, batch(spec["calib"], 321), max_error=10.0, eight_bit=spec["eight_bit"], keep_float=keep_float
+            )
             seconds = time.perf_counter() - t0
+            agreement = path_agreement(reference, detect(q))
+            ms = net_ms(q)
         finally:
-            tq.get_default_qconfig_mapping = default_mapping
-        print(f"{variant:28s} agreement {path_agreement(reference, detect(q)):.4f}  (quantized in {seconds:.0f} s)")
+            torch.backends.quantized.engine = default_engine
+        print(
+            f"{variant:28s} agreement {agreement:.4f}  net {ms:7.1f} ms / batch 8  (quantized in {seconds:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
