@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -17,6 +18,13 @@ def test_path_agreement_by_hand():
     # the candidate finds one of the two objects: AP 1 for class 1, 0 for class 2
     half = [Detections(ref[0].boxes[:1], ref[0].scores[:1], ref[0].labels[:1])]
     assert path_agreement(ref, half) == 0.5
+    # a class only the candidate detects has no AP: left out of the mean, without an evaluation's warning
+    extra = [Detections(torch.cat((ref[0].boxes, ref[0].boxes[:1] + 40)), torch.tensor([0.9, 0.8, 0.7]),
+                        torch.tensor([1, 2, 3]))]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert path_agreement(ref, extra) == 1.0
+        assert path_agreement(extra, ref) == pytest.approx(2 / 3)  # the reference's class-3 object is missed
     # nothing above min_score -> the 10 x images best reference boxes over all images are the objects
     low = [Detections(ref[0].boxes, torch.tensor([0.1, 0.05]), ref[0].labels)]
     assert path_agreement(low, low) == 1.0

@@ -11,7 +11,8 @@ Activations are observed with the full 8 bits on CPUs with VNNI or AMX: torch's 
 (``reduce_range=True``), because the pre-VNNI instruction (``vpmaddubsw``) adds pairs of products in 16 bits and
 could saturate with 8-bit inputs, while VNNI's ``vpdpbusd`` accumulates in 32 bits. Measured on a trained
 SSD300-ResNet50 (VOC07 mAP on 200 held-out shapes images, fp32 0.4847): int8 with torch's 7 bits 0.4704, with 8
-bits 0.4835; agreement of the int8 detections with the fp32 ones 0.957 -> 0.978 (``benchmarks/int8_variants.py``).
+bits 0.4835; agreement of the int8 detections with the fp32 ones 0.962 -> 0.983 on 128 images
+(``benchmarks/int8_variants.py``).
 On the demo's and a cards model the relative error of the int8 class logits halves (0.041 -> 0.021, 0.032 ->
 0.016), their mAP within noise of fp32 either way.
 
@@ -60,7 +61,8 @@ def int8_qconfig_mapping(
         eight_bit: True: observe activations with the full 8 bits; False: torch's setting for ``engine`` (7 bits
             on x86/fbgemm, 8 on onednn/qnnpack); None (default): 8 bits on x86/fbgemm when :func:`cpu_has_vnni`.
         keep_float: qualified names of ``backbone`` submodules to run in float (default: none), e.g. the stem
-            convolution (``"conv1"`` of ResNet-50), a trade of speed for accuracy. A name that is not a submodule
+            convolution (``"conv1"`` of ResNet-50, which costs 4-8% of its int8 network's time here), a trade of
+            speed for accuracy. A name that is not a submodule
             raises ``ValueError``.
     """
     from torch.ao.quantization import HistogramObserver, QConfig, get_default_qconfig_mapping
@@ -96,8 +98,8 @@ def quantize_int8(
             representative of the data; the activation ranges are observed on them. A few dozen are plenty.
         max_error: the largest relative L2 error of any feature map on the calibration images that is accepted. A
             guard against a broken quantization (activations below the int8 step, say), not an accuracy test: an
-            SSD300-ResNet50 whose worst int8 map was 31% off lost 0.014 mAP (0.485 -> 0.470); judge the detections
-            (``multibox bench``'s agreement column, ``multibox eval --int8``).
+            SSD300-ResNet50 whose worst int8 map was 20-30% off lost 0.001-0.014 mAP (8- or 7-bit activations);
+            judge the detections (``multibox bench``'s agreement column, ``multibox eval --int8``).
         batch_size: calibration batch size.
         eight_bit, keep_float: see :func:`int8_qconfig_mapping` (defaults: 8-bit activations where the CPU has
             VNNI, nothing kept in float).
