@@ -4,7 +4,8 @@
 
 For each variant, ``multibox.models.quantize.quantize_int8`` calibrates on shapes images (seed 321) and the int8
 detections on other shapes images (seed 999) are scored against the fp32 ones (``path_agreement``: VOC area AP at
-IoU 0.5, 1.0 = the same boxes and ranking); the int8 network's median time per batch of 8 is printed beside it.
+IoU 0.5, 1.0 = the same boxes and ranking); beside it the relative L2 error of the int8 class logits on those
+images and the int8 network's median time per batch of 8.
 A variant is one or more of these, joined by commas: ``default`` (``quantize_int8``'s defaults: 8-bit activations
 on a CPU with VNNI, everything quantized, 32 calibration images); ``torch`` (torch's own x86 defaults: 7-bit
 activations); ``bits7`` / ``bits8`` (activation bits); ``stem-float`` (keep the first convolution in float);
@@ -79,9 +80,11 @@ def main() -> None:
 
     test = batch(args.images, 999)
 
-    def detect(net: torch.nn.Module) -> list:
+    def run(net: torch.nn.Module) -> tuple[list, torch.Tensor]:
+        """(detections, class logits) on the test images."""
         with torch.inference_mode():
-            return [d for i in range(0, len(test), 8) for d in postprocess(net(test[i : i + 8]), model.priors)]
+            outs = [net(test[i : i + 8]) for i in range(0, len(test), 8)]
+        return [d for o in outs for d in postprocess(o, model.priors)], torch.cat([o.cls_logits for o in outs])
 
     def net_ms(net: torch.nn.Module) -> float:
         x = test[:8].contiguous(memory_format=torch.channels_last)
@@ -93,7 +96,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
         return 1000 * statistics.median(times[1:])
 
-    reference = detect(model)
+    reference, ref_logits = run(model)
     default_engine = torch.backends.quantized.engine
     for variant, spec in zip(args.variants, specs, strict=True):
         keep_float = ([stem_name(model.backbone)] if spec["stem"] else []) + spec["float"]
@@ -104,12 +107,15 @@ def main() -> None:
                 model, batch(spec["calib"], 321), max_error=10.0, eight_bit=spec["eight_bit"], keep_float=keep_float
             )
             seconds = time.perf_counter() - t0
-            agreement = path_agreement(reference, detect(q))
+            detections, logits = run(q)
+            agreement = path_agreement(reference, detections)
+            error = float((logits - ref_logits).norm() / ref_logits.norm())
             ms = net_ms(q)
         finally:
             torch.backends.quantized.engine = default_engine
         print(
-            f"{variant:28s} agreement {agreement:.4f}  net {ms:7.1f} ms / batch 8  (quantized in {seconds:.0f} s)",
+            f"{variant:24s} agreement {agreement:.4f}  logits error {error:.4f}  net {ms:7.1f} ms / batch 8  "
+            f"(quantized in {seconds:.0f} s)",
             flush=True,
         )
 
