@@ -18,15 +18,19 @@ change it).
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_ms
 from multibox import postprocess
 from multibox.data import ShapesDataset
 from multibox.engine.bench import path_agreement
+from multibox.engine.evaluate import preprocessed_images
 from multibox.engine.inference import load_detector
 from multibox.models.quantize import quantize_int8
 
@@ -71,12 +75,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.ao's deprecation notices
     model = load_detector(args.weights)[0].eval()
-    pre = model.preprocess
     specs = [parse_variant(v) for v in args.variants]
 
     def batch(n: int, seed: int) -> torch.Tensor:
-        ds = ShapesDataset(n, pre.image_size, seed=seed)
-        return pre.normalize(torch.stack([ds[i][0] for i in range(n)]).float())
+        return preprocessed_images(model, ShapesDataset(n, model.preprocess.image_size, seed=seed), n)
 
     test = batch(args.images, 999)
 
@@ -88,13 +90,8 @@ def main() -> None:
 
     def net_ms(net: torch.nn.Module) -> float:
         x = test[:8].contiguous(memory_format=torch.channels_last)
-        times = []
         with torch.inference_mode():
-            for _ in range(args.repeat + 1):
-                t0 = time.perf_counter()
-                net(x)
-                times.append(time.perf_counter() - t0)
-        return 1000 * statistics.median(times[1:])
+            return median_ms(lambda: net(x), repeat=args.repeat, warmup=1)
 
     reference, ref_logits = run(model)
     default_engine = torch.backends.quantized.engine

@@ -24,9 +24,12 @@ def shapes_images(n, size, seed):
 
 
 def shapes_batch(model, n, seed):
-    """``n`` shapes images normalised as ``model`` expects."""
-    pre = model.preprocess
-    return pre.normalize(shapes_images(n, pre.image_size, seed).float())
+    """``n`` shapes images as ``model`` sees them."""
+    return preprocessed_images(model, ShapesDataset(n, model.preprocess.image_size, seed=seed), n)
+
+
+def is_quantized(module):
+    return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,7 @@ def tiny():
 def test_int8_backbone_tracks_the_float_model(tiny):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     q = quantize_int8(tiny, shapes_batch(tiny, 16, seed=1))
-    kinds = {type(m).__module__ for m in q.backbone.modules()}
-    assert any(k.startswith("torch.ao.nn.intrinsic.quantized") or k.startswith("torch.ao.nn.quantized") for k in kinds)
+    assert any(is_quantized(m) for m in q.backbone.modules())
     assert all(p.dtype == torch.float32 for p in q.head.parameters())  # the head stays in float32
     x = shapes_batch(tiny, 4, seed=2)  # other images than the calibration's
     with torch.inference_mode():
@@ -183,8 +185,6 @@ def test_keep_float_leaves_the_stem_unquantized(tiny):
     calibration, x = shapes_batch(tiny, 16, seed=1), shapes_batch(tiny, 8, seed=2)
     q = quantize_int8(tiny, calibration, keep_float=["base.0.0"])
     stem = q.backbone.get_submodule("base.0.0")
-    assert not type(stem).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
-    assert stem.weight.dtype == torch.float32
-    quantized = q.backbone.get_submodule("base.0.3")  # the next convolution is int8
-    assert type(quantized).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+    assert not is_quantized(stem) and stem.weight.dtype == torch.float32
+    assert is_quantized(q.backbone.get_submodule("base.0.3"))  # the next convolution is int8
     assert 0 < logits_error(tiny, q, x) < 0.1
