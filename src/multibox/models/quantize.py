@@ -60,8 +60,8 @@ def int8_qconfig_mapping(
         eight_bit: True: observe activations with the full 8 bits; False: torch's setting for ``engine`` (7 bits
             on x86/fbgemm, 8 on onednn/qnnpack); None (default): 8 bits on x86/fbgemm when :func:`cpu_has_vnni`.
         keep_float: qualified names of ``backbone`` submodules to run in float (default: none), e.g. the stem
-            convolution (``"conv1"`` of ResNet-50, which costs 4-8% of its int8 network's time here), a trade of
-            speed for accuracy. A name that is not a submodule raises ``ValueError``.
+            convolution (``"conv1"`` of ResNet-50), a trade of speed for accuracy. A name that is not a submodule
+            raises ``ValueError``.
     """
     from torch.ao.quantization import HistogramObserver, QConfig, get_default_qconfig_mapping
 
