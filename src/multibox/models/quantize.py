@@ -13,7 +13,8 @@ could saturate with 8-bit inputs, while VNNI's ``vpdpbusd`` accumulates in 32 bi
 SSD300-ResNet50 (VOC07 mAP on 200 held-out shapes images, fp32 0.4847): int8 with torch's 7 bits 0.4704, with 8
 bits 0.4835; agreement of the int8 detections with the fp32 ones 0.962 -> 0.983 on 128 images
 (``benchmarks/int8_variants.py``). On the demo's model: agreement 0.9926 -> 0.9994, relative error of the class
-logits 0.045 -> 0.022, mAP within 0.001 of fp32 either way.
+logits 0.045 -> 0.022, mAP within 0.001 of fp32 either way. Which layers' rounding costs the most on given weights
+(candidates for ``keep_float``): ``benchmarks/int8_sensitivity.py``.
 
 torch 2.13 marks its FX quantization API as deprecated in favour of the ``torchao`` package; it is complete and
 stable in the pinned version, and this module keeps its warnings out of the user's output.
