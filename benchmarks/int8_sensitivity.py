@@ -10,6 +10,8 @@ one left in float (sorted, largest gain first; named by the layer whose output i
 backbone module the error with all the activations it produces left in float. A layer whose gain is a large part
 of the total error is a candidate for ``quantize_int8(..., keep_float=[name])``; when the gains are all small the
 error is spread over the network and only keeping whole stages in float (or quantization-aware training) helps.
+Like ``int8_variants.py`` it draws its images from the synthetic shapes set, so it suits checkpoints trained on
+shapes; for other data the figures only say how the network treats out-of-domain images.
 """
 
 from __future__ import annotations
