@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: timing medians and realistic synthetic SSD outputs."""
+"""Shared helpers for the benchmark scripts: timing medians, realistic synthetic SSD outputs, shapes inputs."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def median_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 3) -> fl
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def shapes_inputs(model: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
+    """``n`` synthetic shapes images (``seed``) as ``model`` sees them at inference (``Tensor[n, 3, H, W]``)."""
+    from multibox.data import ShapesDataset
+    from multibox.engine.evaluate import preprocessed_images
+
+    return preprocessed_images(model, ShapesDataset(n, model.preprocess.image_size, seed=seed), n)
 
 
 def realistic_prediction(priors: torch.Tensor, batch: int, num_classes: int, objects: int = 4, seed: int = 0):

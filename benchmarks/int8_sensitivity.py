@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
-from multibox.data import ShapesDataset
-from multibox.engine.evaluate import preprocessed_images
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import shapes_inputs
 from multibox.engine.inference import load_detector
 from multibox.models.fuse import fold_batch_norms
 
@@ -44,10 +46,7 @@ def main() -> None:
 
     model = load_detector(args.weights)[0].eval()
 
-    def batch(n: int, seed: int) -> torch.Tensor:
-        return preprocessed_images(model, ShapesDataset(n, model.preprocess.image_size, seed=seed), n)
-
-    test, calibration = batch(args.images, 999), batch(args.calibration, 321)
+    test, calibration = shapes_inputs(model, args.images, 999), shapes_inputs(model, args.calibration, 321)
     net = fold_batch_norms(model)
     mapping = get_default_qat_qconfig_mapping(torch.backends.quantized.engine)
     activation = FakeQuantize.with_args(

@@ -26,11 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_ms
+from common import median_ms, shapes_inputs
 from multibox import postprocess
-from multibox.data import ShapesDataset
 from multibox.engine.bench import path_agreement
-from multibox.engine.evaluate import preprocessed_images
 from multibox.engine.inference import load_detector
 from multibox.models.quantize import quantize_int8
 
@@ -77,10 +75,7 @@ def main() -> None:
     model = load_detector(args.weights)[0].eval()
     specs = [parse_variant(v) for v in args.variants]
 
-    def batch(n: int, seed: int) -> torch.Tensor:
-        return preprocessed_images(model, ShapesDataset(n, model.preprocess.image_size, seed=seed), n)
-
-    test = batch(args.images, 999)
+    test = shapes_inputs(model, args.images, 999)
 
     def run(net: torch.nn.Module) -> tuple[list, torch.Tensor]:
         """(detections, class logits) on the test images."""
@@ -101,7 +96,11 @@ def main() -> None:
         try:
             t0 = time.perf_counter()
             q = quantize_int8(
-                model, batch(spec["calib"], 321), max_error=10.0, eight_bit=spec["eight_bit"], keep_float=keep_float
+                model,
+                shapes_inputs(model, spec["calib"], 321),
+                max_error=10.0,
+                eight_bit=spec["eight_bit"],
+                keep_float=keep_float,
             )
             seconds = time.perf_counter() - t0
             detections, logits = run(q)
