@@ -17,12 +17,12 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 # again. glibc's own default sits between the two and depends on the heap's layout (163k faults here, 12k on CI).
 ALLOCATIONS = """
 import ctypes, resource, sys, torch
-from multibox.memory import tune_malloc
+from multibox.memory import _M_MMAP_THRESHOLD, tune_malloc
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
     applied = tune_malloc()
 else:
-    applied = ctypes.CDLL("libc.so.6").mallopt(-3, 128 << 10) == 1  # M_MMAP_THRESHOLD
+    applied = ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 128 << 10) == 1
 x = torch.randn(2 << 20)  # 8 MB
 
 
