@@ -39,7 +39,9 @@ class ModelConfig:
         name: a registered builder (``multibox.list_models()``).
         num_classes: including the background; None takes it from the dataset (number of classes + 1).
         image_size: input ``(H, W)`` (or one int for square) the network and its priors are built for.
-        priors: a prior preset name (``voc300``, ``coco300``, ``voc512``, ``coco512``) or None for the builder's.
+        priors: the default boxes: None for the builder's, a preset name (``voc300``, ``coco300``, ``voc512``,
+            ``coco512``), ``auto`` (the builder's, refitted to the training data when they cover its boxes poorly,
+            see :mod:`multibox.data.prior_fit`) or ``fit`` (search for better ones even when coverage is good).
         kwargs: further keyword arguments of the builder (e.g. ``width`` for ``ssd_tiny``).
     """
 
@@ -106,8 +108,15 @@ class TrainConfig:
         seed: the run's seed (data order, augmentation, initialisation).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         out_dir: where checkpoints and logs go.
-        log_every, ckpt_every, eval_every: in optimizer steps (0 disables checkpoints / periodic eval).
+        log_every, ckpt_every, eval_every: in optimizer steps (0 disables checkpoints / periodic eval); every
+            evaluation (on the val split, with the ``eval`` settings) is logged and ``best.pt`` keeps the best.
         init_weights: optional checkpoint or converted backbone weights to start from.
+        max_minutes: a wall-clock budget for training (None: none); the schedule's end is fitted to it and the run
+            stops in time with a final checkpoint (and evaluation).
+        optimizer: ``sgd`` (with ``momentum``, the paper's) or ``adamw`` (``momentum`` is its beta1).
+        backbone_lr_mult: the backbone's learning rate as a multiple of ``lr`` (lower it to fine-tune a pretrained
+            backbone more gently than the freshly initialised extras and heads).
+        freeze_bn: keep the backbone's BatchNorm layers in eval mode (their pretrained running statistics).
     """
 
     batch_size: int = 32
@@ -134,6 +143,10 @@ class TrainConfig:
     ckpt_every: int = 5000
     eval_every: int = 0
     init_weights: str | None = None
+    max_minutes: float | None = None
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    backbone_lr_mult: float = 1.0
+    freeze_bn: bool = False
 
 
 @dataclass(frozen=True)

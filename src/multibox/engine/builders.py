@@ -54,17 +54,23 @@ def build_dataset(cfg: DataConfig, split: str, image_size: int | tuple[int, int]
     return data.COCODetection(images, ann, include_crowd=split == "val")
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The network of ``cfg`` for ``num_classes`` (background included)."""
+def build_model(cfg: ModelConfig, num_classes: int, **overrides: Any) -> nn.Module:
+    """The network of ``cfg`` for ``num_classes`` (background included); ``overrides`` replace builder arguments
+    (e.g. a fitted ``prior_spec``).
+
+    ``model.priors`` ``auto``/``fit`` build the builder's own priors here; :func:`multibox.engine.run.build_run`
+    fits them to the data.
+    """
     from multibox.models import create_model
     from multibox.priors import PRIOR_PRESETS
 
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     kwargs["image_size"] = cfg.image_size
-    if cfg.priors is not None:
+    if cfg.priors is not None and cfg.priors not in ("auto", "fit"):
         if cfg.priors not in PRIOR_PRESETS:
-            raise ValueError(f"model.priors {cfg.priors!r} is not one of {sorted(PRIOR_PRESETS)}")
+            raise ValueError(f"model.priors {cfg.priors!r} is not one of {[*sorted(PRIOR_PRESETS), 'auto', 'fit']}")
         kwargs["prior_spec"] = PRIOR_PRESETS[cfg.priors]
+    kwargs.update(overrides)
     return create_model(cfg.name, num_classes, **kwargs)
 
 
@@ -86,14 +92,25 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     return model
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; with ``no_decay_bias_norm`` biases and 1-d (norm/L2Norm) weights get no weight decay."""
-    decay, no_decay = [], []
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (or AdamW) over parameter groups: the backbone at ``lr * backbone_lr_mult``, the rest at
+    ``lr``; with ``no_decay_bias_norm`` biases and 1-d (norm/L2Norm) weights get no weight decay."""
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if cfg.no_decay_bias_norm and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        key = (id(p) in in_backbone, cfg.no_decay_bias_norm and p.ndim <= 1)
+        groups.setdefault(key, []).append(p)
+    params = [
+        {
+            "params": ps,
+            "lr": cfg.lr * (cfg.backbone_lr_mult if is_backbone else 1.0),
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+        }
+        for (is_backbone, no_decay), ps in sorted(groups.items(), key=lambda kv: kv[0])  # the head first
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)

@@ -19,13 +19,46 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CHECKPOINT_VERSION",
     "capture_rng_state",
     "load_checkpoint",
     "load_safetensors",
+    "model_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
     "save_safetensors",
 ]
+
+
+#: The version of the checkpoint layout written by :func:`model_checkpoint` (absent in older checkpoints: 0).
+CHECKPOINT_VERSION = 1
+
+
+def model_checkpoint(
+    model: torch.nn.Module, classes: list[str] | tuple[str, ...], config: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """What inference needs of a trained model: weights, build arguments, preprocessing, class names (and config).
+
+    Args:
+        model: an SSD built by a registered builder (``model.config_dict()`` rebuilds it).
+        classes: the foreground class names, label ``k`` is ``classes[k - 1]``.
+        config: the training config as plain dicts, if any.
+        **extra: further plain entries (the training state of a ``last.pt``, the metrics of a ``best.pt``).
+
+    Returns:
+        ``{"format_version", "model", "model_args", "preprocess", "classes", ["config"], ...}``.
+    """
+    ckpt: dict[str, Any] = {
+        "format_version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "model_args": model.config_dict(),
+        "preprocess": model.preprocess.to_dict(),
+        "classes": list(classes),
+    }
+    if config is not None:
+        ckpt["config"] = config
+    ckpt.update(extra)
+    return ckpt
 
 
 def capture_rng_state() -> dict[str, Any]:
