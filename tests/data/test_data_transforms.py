@@ -26,6 +26,7 @@ from multibox.data import (
     train_transform,
 )
 from multibox.data.photometric import adjust_saturation_hue, hsv_to_rgb, rgb_to_hsv
+from multibox.data.transforms import resize_image
 
 MEAN = (123.0, 117.0, 104.0)
 STD = (58.0, 57.0, 57.0)
@@ -297,18 +298,18 @@ def test_distort_zoom_crop_leaves_a_fill_only_patch_undistorted() -> None:
     assert kept.shape == (0, 4)
 
 
-def test_train_transform_distorts_after_the_crop_as_before() -> None:
-    # The training pipeline with the fused step equals the plain sequence on a photo small enough for no downscale.
+def test_train_transform_without_distortion_is_the_plain_sequence() -> None:
+    # Zoom-out and crop in uint8 (the fill rounded, the test's mean is integral), then the resize in float: the
+    # same pixels as converting to float first.
     g = torch.Generator().manual_seed(5)
     image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=g)
     boxes = torch.tensor([[5.0, 6.0, 30.0, 40.0], [40.0, 10.0, 75.0, 55.0]])
     labels = torch.tensor([1, 2])
-    fused = train_transform(64, MEAN, STD, expand_ratio=2.0)
+    fused = train_transform(64, MEAN, STD, expand_ratio=2.0, photometric=False)
     plain = Compose(
         [
             LimitSize(214),
             ToFloat(),
-            PhotometricDistort(),
             Expand(MEAN, 2.0, max_side=214),
             MinIoURandomCrop(),
             Resize((64, 64)),
@@ -321,3 +322,50 @@ def test_train_transform_distorts_after_the_crop_as_before() -> None:
         a = fused(image, boxes, labels, torch.Generator().manual_seed(seed))
         b = plain(image, boxes, labels, torch.Generator().manual_seed(seed))
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), seed
+
+
+@pytest.mark.parametrize(("side", "size"), [(160, (32, 40)), (20, (64, 64))])
+def test_distort_zoom_crop_distorts_at_the_smaller_resolution(side, size) -> None:
+    # A large photo is resized first and distorted after; a small one distorted first (as in sequence), then resized.
+    image = torch.randint(0, 256, (3, side, side + 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    boxes = torch.tensor([[2.0, 3.0, side * 0.6, side * 0.7]])
+    labels = torch.tensor([1])
+    photometric, crop = PhotometricDistort(p=1.0), MinIoURandomCrop()
+    step = DistortZoomCrop(photometric, None, crop, size=size)
+    for seed in range(10):
+        got, got_boxes, _ = step(image, boxes, labels, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        params = photometric.sample(g)  # the draws in the sequence's order: distortion, then the patch
+        patch, kept, _, _ = crop.crop(image, boxes, labels, g)
+        if side > 100:
+            ref = PhotometricDistort.apply(resize_image(patch.float(), size), params)
+        else:
+            ref = resize_image(PhotometricDistort.apply(patch, params), size)
+        assert torch.equal(got, ref), seed
+        scale = torch.tensor([size[1] / patch.shape[2], size[0] / patch.shape[1]] * 2)
+        torch.testing.assert_close(got_boxes, kept * scale)
+
+
+def test_distort_zoom_crop_after_the_resize_leaves_the_fill_alone(monkeypatch) -> None:
+    # A zoomed-out photo, resized down, then distorted: the canvas away from the photo is the undistorted fill. The
+    # reference runs the same draws with the distortion replaced by the identity, so it shows the same patch.
+    image = torch.full((3, 60, 60), 200, dtype=torch.uint8)
+    step = DistortZoomCrop(
+        PhotometricDistort(p=1.0, brightness=60.0), Expand(MEAN, 4.0, p=1.0), MinIoURandomCrop(min_ious=()), (24, 24)
+    )
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    fill_seen = photo_seen = 0
+    for seed in range(30):
+        got = step(image, *empty, torch.Generator().manual_seed(seed))[0]
+        with monkeypatch.context() as m:
+            m.setattr(PhotometricDistort, "apply", staticmethod(lambda x, params: x.float().clone()))
+            ref = step(image, *empty, torch.Generator().manual_seed(seed))[0]
+        is_fill = (ref == torch.tensor(MEAN).view(3, 1, 1)).all(0)
+        # pixels 2 or more away from any photo pixel (the photo's window is rounded outward after the resize)
+        near_photo = torch.nn.functional.max_pool2d((~is_fill)[None].float(), 5, stride=1, padding=2)[0] > 0
+        far = is_fill & ~near_photo
+        assert torch.equal(got[:, far], ref[:, far]), seed
+        inside = (ref == 200).all(0)
+        fill_seen += int(far.sum())
+        photo_seen += int((got[:, inside] != 200).any())
+    assert fill_seen > 0 and photo_seen > 0  # both cases occurred, and the photo was distorted

@@ -264,26 +264,40 @@ class MinIoURandomCrop(Transform):
 
 
 class DistortZoomCrop(Transform):
-    """:class:`PhotometricDistort`, :class:`Expand` and :class:`MinIoURandomCrop` in sequence, distorting only what
-    the crop keeps.
+    """:class:`PhotometricDistort`, :class:`Expand`, :class:`MinIoURandomCrop` (and, with ``size``, :class:`Resize`)
+    in sequence, distorting only the photo's pixels that the patch keeps, at whichever resolution has fewer of them.
 
-    Every photometric step is per pixel and the zoom-out's fill is not distorted, so the distortion can run last, on
-    the photo's pixels inside the patch, with the same result as distorting the whole photo first: bit for bit when
-    the zoom-out does not downscale the photo (``Expand(max_side=...)`` on a large photo, where the distortion then
-    sees the downscaled pixels, as it already sees :class:`LimitSize`'s). The patch is often a small part of a
-    zoomed-out photo, so this is a fraction of the work on large photos. The random draws are made in the order of
-    the three transforms in sequence, so a seeded generator gives the same augmentation.
+    Every photometric step is per pixel and the zoom-out's fill is not distorted, so the distortion can run on the
+    photo's pixels inside the patch, after the crop, with the same result as distorting the whole photo first: bit
+    for bit when the zoom-out does not downscale the photo (``Expand(max_side=...)`` on a large photo, where the
+    distortion then sees the downscaled pixels, as it already sees :class:`LimitSize`'s). With ``size``, a patch with
+    more pixels than the output is resized first and distorted after: the same random distortion of the same photo
+    content, computed on a fraction of the pixels of a large photo (the distortion's clamping and its HSV steps do
+    not commute exactly with the resampling, so values differ by a little from distorting before the resize; the
+    pixels where the resampling mixes photo and fill at the photo's border are distorted with the photo). The random
+    draws are made in the order of the transforms in sequence, so a seeded generator gives the same augmentation.
 
     Args:
         photometric: the distortion (None: skipped).
         expand: the zoom-out (None: skipped).
         crop: the patch sampling.
+        size: the output ``(H, W)``; None: no resize (the patch is returned at its size).
+        antialias: antialiased downscaling in the resize.
     """
 
-    def __init__(self, photometric: PhotometricDistort | None, expand: Expand | None, crop: MinIoURandomCrop) -> None:
+    def __init__(
+        self,
+        photometric: PhotometricDistort | None,
+        expand: Expand | None,
+        crop: MinIoURandomCrop,
+        size: tuple[int, int] | None = None,
+        antialias: bool = True,
+    ) -> None:
         self.photometric = photometric
         self.expand = expand
         self.crop = crop
+        self.size = size
+        self.antialias = antialias
 
     def __call__(
         self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
@@ -295,17 +309,48 @@ class DistortZoomCrop(Transform):
             image, boxes, region = self.expand.expand(image, boxes, generator)
         owned = image is not source and image.is_floating_point()  # a new float canvas: ours to write into
         image, boxes, labels, (x1, y1, x2, y2) = self.crop.crop(image, boxes, labels, generator)
-        if params is None:
-            return image, boxes, labels
         # The photo's pixels inside the patch, in the patch's coordinates.
-        left, top = max(region[0], x1) - x1, max(region[1], y1) - y1
-        right, bottom = min(region[2], x2) - x1, min(region[3], y2) - y1
-        if (left, top, right, bottom) == (0, 0, image.shape[-1], image.shape[-2]):
-            return PhotometricDistort.apply(image, params), boxes, labels
-        out = image if owned else image.float() if not image.is_floating_point() else image.clone()
-        if right > left and bottom > top:  # else the patch holds only fill
-            out[:, top:bottom, left:right] = PhotometricDistort.apply(image[:, top:bottom, left:right], params)
-        return out, boxes, labels
+        window = (max(region[0], x1) - x1, max(region[1], y1) - y1, min(region[2], x2) - x1, min(region[3], y2) - y1)
+        h, w = image.shape[-2:]
+        resize_first = self.size is not None and (params is None or self.size[0] * self.size[1] < h * w)
+        if resize_first:
+            image, boxes, window = self._resize(image, boxes, window)
+            owned = True
+        if params is not None:
+            image = _distort_window(image, params, window, owned)
+        if self.size is not None and not resize_first:
+            image, boxes, _ = self._resize(image, boxes, window)
+        return image, boxes, labels
+
+    def _resize(
+        self, image: Tensor, boxes: Tensor, window: tuple[int, int, int, int]
+    ) -> tuple[Tensor, Tensor, tuple[int, int, int, int]]:
+        """The patch resized to ``size`` (float), its boxes, and the photo's window moved along (outward)."""
+        h, w = image.shape[-2:]
+        (oh, ow), sy, sx = self.size, self.size[0] / h, self.size[1] / w
+        out = resize_image(image if image.is_floating_point() else image.float(), (oh, ow), self.antialias)
+        left, top, right, bottom = window
+        moved = (
+            math.floor(left * sx),
+            math.floor(top * sy),
+            min(ow, math.ceil(right * sx)),
+            min(oh, math.ceil(bottom * sy)),
+        )
+        return out, _scale_boxes(boxes, sx, sy), moved
+
+
+def _distort_window(image: Tensor, params: object, window: tuple[int, int, int, int], owned: bool) -> Tensor:
+    """``PhotometricDistort.apply`` on the pixels of ``window`` (xyxy) only; the rest (zoom-out fill) is kept.
+
+    ``owned``: ``image`` is a float tensor this transform made, which may be written in place.
+    """
+    left, top, right, bottom = window
+    if (left, top, right, bottom) == (0, 0, image.shape[-1], image.shape[-2]):
+        return PhotometricDistort.apply(image, params)
+    out = image if owned else image.float() if not image.is_floating_point() else image.clone()
+    if right > left and bottom > top:  # else the patch holds only fill
+        out[:, top:bottom, left:right] = PhotometricDistort.apply(image[:, top:bottom, left:right], params)
+    return out
 
 
 class HorizontalFlip(Transform):
@@ -412,13 +457,13 @@ def train_transform(
     max_side = math.ceil(max(h, w) / 0.3)
     steps: list[Transform | PhotometricDistort] = [
         LimitSize(max_side),
-        ToFloat(),
-        DistortZoomCrop(
+        DistortZoomCrop(  # uint8 until the resize; the distortion on the patch or the output, whichever is smaller
             PhotometricDistort() if photometric else None,
             Expand(mean, expand_ratio, max_side=max_side) if expand_ratio > 1 else None,
             MinIoURandomCrop(min_ious),
+            size=(h, w),
+            antialias=antialias,
         ),
-        Resize((h, w), antialias),
         HorizontalFlip(flip_p),  # after the resize (they commute exactly): fewer pixels to move
         Normalize(mean, std),
         ToRelative(),
