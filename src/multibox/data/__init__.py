@@ -16,10 +16,10 @@ from multibox.data.checks import DatasetError, DatasetWarning, Issue
 from multibox.data.coco import COCODetection
 from multibox.data.image_io import read_image
 from multibox.data.loader import apply_transform, build_loader, collate, sample_seed, seed_worker
+from multibox.data.pipelines import eval_transform, train_transform
 from multibox.data.shapes import SHAPE_CLASSES, ShapesDataset, write_voc
 from multibox.data.transforms import (
     Compose,
-    DistortZoomCrop,
     Expand,
     HorizontalFlip,
     LimitSize,
@@ -29,11 +29,10 @@ from multibox.data.transforms import (
     Resize,
     ToFloat,
     ToRelative,
-    eval_transform,
-    train_transform,
 )
 from multibox.data.validate import ScanReport, scan_dataset
 from multibox.data.voc import VOC_CLASSES, VOCDetection
+from multibox.data.zoom_crop import ZoomCropResize
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -43,7 +42,6 @@ __all__ = [
     "Compose",
     "DatasetError",
     "DatasetWarning",
-    "DistortZoomCrop",
     "Expand",
     "HorizontalFlip",
     "Issue",
@@ -58,6 +56,7 @@ __all__ = [
     "ToFloat",
     "ToRelative",
     "VOCDetection",
+    "ZoomCropResize",
     "anchor_coverage",
     "apply_transform",
     "build_loader",

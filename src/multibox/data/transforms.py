@@ -28,7 +28,6 @@ from multibox.data.photometric import PhotometricDistort, _coin, _uniform
 
 __all__ = [
     "Compose",
-    "DistortZoomCrop",
     "Expand",
     "HorizontalFlip",
     "LimitSize",
@@ -39,9 +38,7 @@ __all__ = [
     "ToFloat",
     "ToRelative",
     "Transform",
-    "eval_transform",
     "resize_image",
-    "train_transform",
 ]
 
 Sample = tuple[Tensor, Tensor, Tensor]
@@ -79,11 +76,17 @@ class Compose(Transform):
 
 
 def resize_image(image: Tensor, size: tuple[int, int], antialias: bool = True) -> Tensor:
-    """Bilinear resize of ``Tensor[3, H, W]`` to ``size = (H', W')``; the dtype (float or ``uint8``) is kept."""
+    """Bilinear resize of ``Tensor[3, H, W]`` to ``size = (H', W')``; the dtype (float or ``uint8``) is kept.
+
+    ``uint8`` images are resized through a channels-last view, torch's vectorised antialiased path on the CPU
+    (several times faster than float32); the result then has channels-last strides.
+    """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    # (3, H, W) -> (1, 3, H, W) for interpolate; torch resizes uint8 natively (and fast) on CPU.
-    return F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
+    x = image.unsqueeze(0)  # (3, H, W) -> (1, 3, H, W) for interpolate
+    if not x.is_floating_point():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
 
 
 def _scale_boxes(boxes: Tensor, sx: float, sy: float) -> Tensor:
@@ -129,19 +132,14 @@ class Expand(Transform):
         mean: the fill colour, ``(R, G, B)``.
         max_ratio: the side ratio is uniform in ``[1, max_ratio]`` (paper: 16x area, i.e. 4).
         p: the probability of expanding.
-        max_side: if set, the image is first downscaled so that the canvas's longer side is at most this
-            (a memory/speed bound for large photos; the canvas then has fewer pixels, same geometry).
     """
 
-    def __init__(
-        self, mean: Sequence[float], max_ratio: float = 4.0, p: float = 0.5, max_side: int | None = None
-    ) -> None:
+    def __init__(self, mean: Sequence[float], max_ratio: float = 4.0, p: float = 0.5) -> None:
         if max_ratio < 1:
             raise ValueError(f"max_ratio must be >= 1, got {max_ratio}")
         self.mean = tuple(float(m) for m in mean)
         self.max_ratio = float(max_ratio)
         self.p = p
-        self.max_side = max_side
 
     def __call__(
         self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
@@ -149,22 +147,29 @@ class Expand(Transform):
         canvas, boxes, _ = self.expand(image, boxes, generator)
         return canvas, boxes, labels
 
+    def place(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+        """Draw the zoom-out of a ``height x width`` image without building it.
+
+        Returns:
+            ``(canvas height, canvas width, left, top)``: the photo's offset on the canvas; ``(height, width, 0, 0)``
+            when this draw does not zoom out.
+        """
+        if not _coin(generator, self.p):
+            return height, width, 0, 0
+        ratio = _uniform(generator, 1.0, self.max_ratio)
+        ch, cw = int(height * ratio), int(width * ratio)
+        left = int(_uniform(generator, 0.0, cw - width))
+        top = int(_uniform(generator, 0.0, ch - height))
+        return ch, cw, left, top
+
     def expand(
         self, image: Tensor, boxes: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, tuple[int, int, int, int]]:
         """The zoom-out; returns the canvas, the moved boxes and the photo's pixel window ``(x1, y1, x2, y2)`` on it."""
-        if not _coin(generator, self.p):
-            return image, boxes, (0, 0, image.shape[-1], image.shape[-2])
-        ratio = _uniform(generator, 1.0, self.max_ratio)
         h, w = image.shape[-2:]
-        if self.max_side is not None and ratio * max(h, w) > self.max_side:
-            s = self.max_side / (ratio * max(h, w))
-            nh, nw = max(1, round(h * s)), max(1, round(w * s))
-            image, boxes = resize_image(image, (nh, nw)), _scale_boxes(boxes, nw / w, nh / h)
-            h, w = nh, nw
-        ch, cw = int(h * ratio), int(w * ratio)
-        left = int(_uniform(generator, 0.0, cw - w))
-        top = int(_uniform(generator, 0.0, ch - h))
+        ch, cw, left, top = self.place(h, w, generator)
+        if (ch, cw) == (h, w):
+            return image, boxes, (0, 0, w, h)
         fill = torch.tensor(self.mean, dtype=torch.float32)
         if not image.is_floating_point():
             fill = fill.round().clamp(0, 255)
@@ -255,102 +260,19 @@ class MinIoURandomCrop(Transform):
         if window is None:
             return image, boxes, labels, (0, 0, w, h)
         x1, y1, x2, y2 = window
-        win = torch.tensor([[x1, y1, x2, y2]], dtype=boxes.dtype)  # (1, 4)
+        kept, kept_labels = self.crop_boxes(boxes, labels, window)
+        kept = kept - torch.tensor([x1, y1, x1, y1], dtype=kept.dtype)
+        return image[:, y1:y2, x1:x2], kept, kept_labels, window
+
+    @staticmethod
+    def crop_boxes(boxes: Tensor, labels: Tensor, window: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
+        """The boxes whose centre lies inside ``window`` (xyxy pixels), clipped to it (still in image coordinates),
+        and their labels."""
+        win = torch.tensor([window], dtype=boxes.dtype)  # (1, 4)
         # The same float64 test as in sample_window, so the kept set is the one the window was accepted for.
         inside = _centers_inside(boxes.to(torch.float64), win.to(torch.float64))[0]  # (N,)
         kept = torch.minimum(torch.maximum(boxes[inside], win[:, :2].repeat(1, 2)), win[:, 2:].repeat(1, 2))
-        kept = kept - win[:, :2].repeat(1, 2)
-        return image[:, y1:y2, x1:x2], kept, labels[inside], window
-
-
-class DistortZoomCrop(Transform):
-    """:class:`PhotometricDistort`, :class:`Expand`, :class:`MinIoURandomCrop` (and, with ``size``, :class:`Resize`)
-    in sequence, distorting only the photo's pixels that the patch keeps, at whichever resolution has fewer of them.
-
-    Every photometric step is per pixel and the zoom-out's fill is not distorted, so the distortion can run on the
-    photo's pixels inside the patch, after the crop, with the same result as distorting the whole photo first: bit
-    for bit when the zoom-out does not downscale the photo (``Expand(max_side=...)`` on a large photo, where the
-    distortion then sees the downscaled pixels, as it already sees :class:`LimitSize`'s). With ``size``, a patch with
-    more pixels than the output is resized first and distorted after: the same random distortion of the same photo
-    content, computed on a fraction of the pixels of a large photo (the distortion's clamping and its HSV steps do
-    not commute exactly with the resampling, so values differ by a little from distorting before the resize; the
-    pixels where the resampling mixes photo and fill at the photo's border are distorted with the photo). The random
-    draws are made in the order of the transforms in sequence, so a seeded generator gives the same augmentation.
-
-    Args:
-        photometric: the distortion (None: skipped).
-        expand: the zoom-out (None: skipped).
-        crop: the patch sampling.
-        size: the output ``(H, W)``; None: no resize (the patch is returned at its size).
-        antialias: antialiased downscaling in the resize.
-    """
-
-    def __init__(
-        self,
-        photometric: PhotometricDistort | None,
-        expand: Expand | None,
-        crop: MinIoURandomCrop,
-        size: tuple[int, int] | None = None,
-        antialias: bool = True,
-    ) -> None:
-        self.photometric = photometric
-        self.expand = expand
-        self.crop = crop
-        self.size = size
-        self.antialias = antialias
-
-    def __call__(
-        self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
-    ) -> Sample:
-        params = self.photometric.sample(generator) if self.photometric is not None else None
-        region = (0, 0, image.shape[-1], image.shape[-2])  # the photo's pixels on the current image
-        source = image
-        if self.expand is not None:
-            image, boxes, region = self.expand.expand(image, boxes, generator)
-        owned = image is not source and image.is_floating_point()  # a new float canvas: ours to write into
-        image, boxes, labels, (x1, y1, x2, y2) = self.crop.crop(image, boxes, labels, generator)
-        # The photo's pixels inside the patch, in the patch's coordinates.
-        window = (max(region[0], x1) - x1, max(region[1], y1) - y1, min(region[2], x2) - x1, min(region[3], y2) - y1)
-        h, w = image.shape[-2:]
-        resize_first = self.size is not None and (params is None or self.size[0] * self.size[1] < h * w)
-        if resize_first:
-            image, boxes, window = self._resize(image, boxes, window)
-            owned = True
-        if params is not None:
-            image = _distort_window(image, params, window, owned)
-        if self.size is not None and not resize_first:
-            image, boxes, _ = self._resize(image, boxes, window)
-        return image, boxes, labels
-
-    def _resize(
-        self, image: Tensor, boxes: Tensor, window: tuple[int, int, int, int]
-    ) -> tuple[Tensor, Tensor, tuple[int, int, int, int]]:
-        """The patch resized to ``size`` (float), its boxes, and the photo's window moved along (outward)."""
-        h, w = image.shape[-2:]
-        (oh, ow), sy, sx = self.size, self.size[0] / h, self.size[1] / w
-        out = resize_image(image if image.is_floating_point() else image.float(), (oh, ow), self.antialias)
-        left, top, right, bottom = window
-        moved = (
-            math.floor(left * sx),
-            math.floor(top * sy),
-            min(ow, math.ceil(right * sx)),
-            min(oh, math.ceil(bottom * sy)),
-        )
-        return out, _scale_boxes(boxes, sx, sy), moved
-
-
-def _distort_window(image: Tensor, params: object, window: tuple[int, int, int, int], owned: bool) -> Tensor:
-    """``PhotometricDistort.apply`` on the pixels of ``window`` (xyxy) only; the rest (zoom-out fill) is kept.
-
-    ``owned``: ``image`` is a float tensor this transform made, which may be written in place.
-    """
-    left, top, right, bottom = window
-    if (left, top, right, bottom) == (0, 0, image.shape[-1], image.shape[-2]):
-        return PhotometricDistort.apply(image, params)
-    out = image if owned else image.float() if not image.is_floating_point() else image.clone()
-    if right > left and bottom > top:  # else the patch holds only fill
-        out[:, top:bottom, left:right] = PhotometricDistort.apply(image[:, top:bottom, left:right], params)
-    return out
+        return kept, labels[inside]
 
 
 class HorizontalFlip(Transform):
@@ -370,7 +292,10 @@ class HorizontalFlip(Transform):
 
 
 class Resize(Transform):
-    """Bilinear resize to ``size = (H, W)`` (an int: square) on a float image; pixel boxes are scaled along.
+    """Bilinear resize to ``size = (H, W)`` (an int: square), output float32; pixel boxes are scaled along.
+
+    A ``uint8`` image is resized in ``uint8`` (see :func:`resize_image`), i.e. rounded to whole levels, as an image
+    resized by Pillow or OpenCV is.
 
     Args:
         size: the output ``(H, W)``.
@@ -386,8 +311,7 @@ class Resize(Transform):
         self, image: Tensor, boxes: Tensor, labels: Tensor, generator: torch.Generator | None = None
     ) -> Sample:
         h, w = image.shape[-2:]
-        image = image if image.is_floating_point() else image.float()
-        out = resize_image(image, self.size, self.antialias)
+        out = resize_image(image, self.size, self.antialias).float().contiguous()  # uint8 resized as uint8 (fast)
         return out, _scale_boxes(boxes, self.size[1] / w, self.size[0] / h), labels
 
 
@@ -416,63 +340,3 @@ class ToRelative(Transform):
     ) -> Sample:
         h, w = image.shape[-2:]
         return image, _scale_boxes(boxes.float(), 1.0 / w, 1.0 / h).clamp_(0.0, 1.0), labels
-
-
-def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    h, w = image_size
-    return int(h), int(w)
-
-
-def train_transform(
-    image_size: int | Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    expand_ratio: float = 4.0,
-    min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    flip_p: float = 0.5,
-    photometric: bool = True,
-    antialias: bool = True,
-) -> Compose:
-    """The SSD training pipeline: photometric distortion, zoom out, min-IoU crop, resize, flip, normalise.
-
-    Args:
-        image_size: the network input ``(H, W)`` (an int: square).
-        mean: per-channel mean in 0-255 units (also the zoom-out fill), e.g. ``(123, 117, 104)``.
-        std: per-channel std in 0-255 units (``(1, 1, 1)`` for the Caffe VGG convention).
-        expand_ratio: the zoom-out's maximum side ratio (1 disables it).
-        min_ious: the crop's IoU modes.
-        flip_p: the horizontal-flip probability.
-        photometric: include :class:`PhotometricDistort`.
-        antialias: antialiased downscaling in the final resize.
-
-    Returns:
-        A :class:`Compose` from ``(uint8 [3, h, w], pixel boxes, labels)`` to ``(float [3, H, W] normalised,
-        [0, 1] xyxy boxes, labels)``. Large photos are first downscaled to a longer side of
-        ``max(H, W) / 0.3`` (no visible detail lost, see :class:`LimitSize`).
-    """
-    h, w = _size_pair(image_size)
-    max_side = math.ceil(max(h, w) / 0.3)
-    steps: list[Transform | PhotometricDistort] = [
-        LimitSize(max_side),
-        DistortZoomCrop(  # uint8 until the resize; the distortion on the patch or the output, whichever is smaller
-            PhotometricDistort() if photometric else None,
-            Expand(mean, expand_ratio, max_side=max_side) if expand_ratio > 1 else None,
-            MinIoURandomCrop(min_ious),
-            size=(h, w),
-            antialias=antialias,
-        ),
-        HorizontalFlip(flip_p),  # after the resize (they commute exactly): fewer pixels to move
-        Normalize(mean, std),
-        ToRelative(),
-    ]
-    return Compose(steps)
-
-
-def eval_transform(
-    image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float], *, antialias: bool = True
-) -> Compose:
-    """Evaluation pipeline: resize to ``image_size`` ``(H, W)``, normalise, boxes to [0, 1] xyxy (no randomness)."""
-    return Compose([ToFloat(), Resize(_size_pair(image_size), antialias), Normalize(mean, std), ToRelative()])
