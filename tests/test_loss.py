@@ -1,4 +1,5 @@
 import math
+import re
 import warnings
 
 import pytest
@@ -160,3 +161,82 @@ def test_conf_gradient_equals_dense_cross_entropy():
     (torch.where(chosen, ce, 0.0).sum() / m.positive.sum()).backward()
     torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
     assert (logits.grad[~chosen] == 0).all() and (logits.grad[chosen].abs().sum(-1) > 0).all()
+
+
+def _with_box(targets, image, box):
+    """``targets`` with ``box`` (xyxy) appended to image ``image`` (label 1)."""
+    out = list(targets)
+    boxes, labels = out[image]
+    out[image] = (torch.cat((boxes, torch.tensor([box]))), torch.cat((labels, torch.tensor([1]))))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("box", "what"),
+    [
+        ([48.0, 30.0, 250.0, 190.0], r"lies outside \[0, 1\]; .* \(pixel coordinates\? divide x by the image width"),
+        ([0.1, 0.1, 3e38, 0.5], r"lies outside \[0, 1\]"),
+        ([0.1, 0.1, math.inf, 0.5], r"has a non-finite corner"),
+        ([math.nan, 0.1, 0.4, 0.5], r"has a non-finite corner"),
+        ([-0.2, 0.1, 0.4, 0.5], r"lies outside \[0, 1\]; target boxes must be normalised xyxy in \[0, 1\]"),
+        ([0.1, 0.1, 0.4, 1.02], r"lies outside \[0, 1\]"),
+    ],
+)
+def test_unusable_target_boxes_raise_naming_the_image_and_the_box(box, what):
+    pred, targets, priors = make_problem(3, sizes=(2, 0, 4))
+    bad = _with_box(targets, 2, box)
+    shown = ", ".join(f"{v:.6g}" for v in box)
+    with pytest.raises(ValueError, match=rf"^image 2 of the batch has target box 4 = \[{re.escape(shown)}\], which "):
+        multibox_loss(pred, bad, priors)
+    with pytest.raises(ValueError, match=what):
+        multibox_loss(pred, bad, priors)
+    with pytest.raises(ValueError, match=r"1 such box\(es\) in the batch$"):
+        multibox_loss(pred, bad, priors)
+
+
+def test_targets_within_the_tolerance_are_accepted():
+    """Corners within TARGET_TOLERANCE of [0, 1] (rounding, a slight overshoot) are trained on as given."""
+    pred, targets, priors = make_problem(4, sizes=(1,))
+    tol = multibox.loss.TARGET_TOLERANCE
+    inside = _with_box(targets, 0, [-tol, 0.2, 0.5, 1 + tol])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = multibox_loss(pred, inside, priors)
+    loc, conf, n = reference_loss(pred.cls_logits, pred.box_deltas, inside, priors)
+    assert float(out["loc"]) == pytest.approx(loc, rel=1e-5) and float(out["conf"]) == pytest.approx(conf, rel=1e-5)
+    assert int(out["num_pos"]) == n
+
+
+def test_pixel_boxes_are_refused():
+    """Why the check exists: boxes in pixels of a 300x300 input were trained on without a word, their forced matches
+    giving encoded offsets in the hundreds (a loss in the thousands)."""
+    pred, targets, priors = make_problem(5, sizes=(3, 2))
+    pixels = [(boxes * 300, labels) for boxes, labels in targets]
+    with pytest.raises(ValueError, match=r"^image 0 of the batch has target box 0 = .*pixel coordinates\?"):
+        multibox_loss(pred, pixels, priors)
+    gt, _, valid = pad_targets(pixels)
+    m = match(gt, valid, priors)  # the forced matches alone make positives whose encoded offsets are huge
+    i, a = m.positive.nonzero(as_tuple=True)
+    assert encode(gt[i, m.gt_index[i, a]], priors[a]).abs().max() > 100
+
+
+def test_float_labels_raise():
+    pred, targets, priors = make_problem(6, sizes=(2,))
+    boxes, labels = targets[0]
+    with pytest.raises(ValueError, match=r"image 0 of the batch has labels of dtype torch\.float32; labels must be"):
+        multibox_loss(pred, [(boxes, labels.float())], priors)
+
+
+def test_target_checks_need_one_transfer_per_call(monkeypatch):
+    """The checks are batched: one device-to-host ``tolist`` of three counts, however many boxes."""
+    pred, targets, priors = make_problem(7, sizes=(30, 25, 40))
+    calls = []
+    original = torch.Tensor.tolist
+
+    def counting(self):
+        calls.append(tuple(self.shape))
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    multibox_loss(pred, targets, priors)
+    assert calls == [(3,)]

@@ -27,7 +27,8 @@ EXAMPLES = {
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
     "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8 --onnx\n"
     "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
-    "scan": "example:\n  multibox scan ../shared/data/cards --split train",
+    "scan": "example:\n  multibox scan ../shared/data/cards --split train\n"
+    "  multibox scan ../shared/data/raccoon --decode",
     "anchors": "example:\n  multibox anchors ../shared/data/cards --model ssd300_vgg16\n"
     "  multibox anchors ../shared/data/raccoon --model ssd_tiny --image-size 128 --clusters 5",
 }
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = _parser(sub, "scan", "check a VOC dataset and report every problem at once")
     s.add_argument("root")
     s.add_argument("--split", default=None, help="split name (default: every annotation file)")
+    s.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every image's pixels (finds corrupt data and bad PNG CRCs; truncated files are found "
+        "from their headers and last bytes either way)",
+    )
     return p
 
 
@@ -348,7 +355,7 @@ def _cmd_anchors(a: argparse.Namespace) -> int:
 def _cmd_scan(a: argparse.Namespace) -> int:
     from multibox.data import scan_dataset
 
-    report = scan_dataset(a.root, split=a.split)
+    report = scan_dataset(a.root, split=a.split, decode=a.decode)
     print(report)
     return 0 if report.ok else 1
 

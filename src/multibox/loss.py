@@ -18,7 +18,12 @@ from multibox.boxes import DEFAULT_VARIANCES, encode
 from multibox.matching import match, pad_targets
 from multibox.structures import Prediction
 
-__all__ = ["background_loss", "hard_negative_mask", "multibox_loss"]
+__all__ = ["TARGET_TOLERANCE", "background_loss", "hard_negative_mask", "multibox_loss"]
+
+#: How far outside [0, 1] a target box corner may lie before :func:`multibox_loss` refuses it: room for rounding and
+#: for unclipped boxes that overshoot the image by a fraction of a percent, while boxes in pixels (a mistake the loss
+#: would otherwise train on, with a loss in the thousands) are far outside.
+TARGET_TOLERANCE = 0.01
 
 _LOG2E = 1.4426950408889634
 _CHUNK = 32768  # priors per slice in background_loss
@@ -96,6 +101,44 @@ def hard_negative_mask(ce: Tensor, positive: Tensor, neg_pos_ratio: float = 3.0)
     return (above | (tied & (tied.cumsum(dim=1) <= need))) & (num_neg > 0)
 
 
+def _check_targets(gt_boxes: Tensor, gt_labels: Tensor, present: Tensor, valid: Tensor, num_classes: int) -> int:
+    """Raise on unusable targets; return how many boxes are merely degenerate (to be ignored).
+
+    Args:
+        gt_boxes: ``Tensor[B, G, 4]`` padded target boxes.
+        gt_labels: ``Tensor[B, G]`` padded labels.
+        present: ``Tensor[B, G]`` bool, False for padding.
+        valid: ``Tensor[B, G]`` bool, present boxes that are finite with positive width and height.
+        num_classes: ``C``, background included.
+    """
+    finite = torch.isfinite(gt_boxes).all(-1)  # (B, G)
+    inside = ((gt_boxes >= -TARGET_TOLERANCE) & (gt_boxes <= 1 + TARGET_TOLERANCE)).all(-1)
+    bad_box = present & ~(finite & inside)
+    bad_label = present & ((gt_labels < 1) | (gt_labels >= num_classes))
+    degenerate = present & ~valid & ~bad_box
+    # One device-to-host transfer for the three counts: this runs at every training step.
+    n_box, n_label, n_degenerate = torch.stack((bad_box.sum(), bad_label.sum(), degenerate.sum())).tolist()
+    if n_label:
+        i, j = bad_label.nonzero()[0].tolist()
+        raise ValueError(
+            f"image {i} of the batch has label {int(gt_labels[i, j])}; labels must be in 1..{num_classes - 1} "
+            f"for a model with {num_classes} classes (0 is the background)"
+        )
+    if n_box:
+        i, j = bad_box.nonzero()[0].tolist()
+        box = gt_boxes[i, j].tolist()
+        corners = "[" + ", ".join(f"{v:.6g}" for v in box) + "]"
+        what = "has a non-finite corner" if not bool(finite[i, j]) else "lies outside [0, 1]"
+        hint = ""
+        if bool(finite[i, j]) and max(abs(v) for v in box) > 2:
+            hint = " (pixel coordinates? divide x by the image width and y by its height, as ToRelative does)"
+        raise ValueError(
+            f"image {i} of the batch has target box {j} = {corners}, which {what}; target boxes must be normalised "
+            f"xyxy in [0, 1] (tolerance {TARGET_TOLERANCE}){hint}; {n_box} such box(es) in the batch"
+        )
+    return int(n_degenerate)
+
+
 def multibox_loss(
     pred: Prediction,
     targets: Sequence[tuple[Tensor, Tensor]],
@@ -110,7 +153,8 @@ def multibox_loss(
     Args:
         pred: the network's ``Prediction`` (``cls_logits [B, A, C]``, ``box_deltas [B, A, 4]``).
         targets: per image, ``(boxes Tensor[G, 4] xyxy in [0, 1], labels Tensor[G] int64 in 1..C-1)``; ``G`` may be 0.
-            Boxes without positive width and height are ignored with a warning.
+            Boxes without positive width and height are ignored with a warning (the readers drop such boxes and the
+            transforms never make one, but a user's crop may cut a box down to a line).
         priors: ``Tensor[A, 4]`` cxcywh default boxes.
         iou_threshold: IoU for a prior to be positive.
         neg_pos_ratio: hard negatives per positive.
@@ -119,6 +163,12 @@ def multibox_loss(
     Returns:
         ``{"loc", "conf", "total", "num_pos"}``: the three losses (0-dim, already divided by the number of
         positives) and the number of positives (int64).
+
+    Raises:
+        ValueError: a target box has a non-finite corner or one outside ``[0, 1]`` by more than
+            :data:`TARGET_TOLERANCE` (e.g. pixel coordinates), or a label is not an integer in ``1..C-1``; the
+            message names the image's index in the batch and the offending box or label. The test is batched and
+            costs one device-to-host transfer per call.
     """
     cls_logits = pred.cls_logits.float()
     box_deltas = pred.box_deltas.float()
@@ -127,21 +177,17 @@ def multibox_loss(
         raise ValueError(f"got {len(targets)} targets for a batch of {b} images")
     if priors.shape != (a, 4):
         raise ValueError(f"priors have shape {tuple(priors.shape)} but the predictions have {a} boxes")
+    for i, (_, lb) in enumerate(targets):
+        if lb.is_floating_point():
+            raise ValueError(f"image {i} of the batch has labels of dtype {lb.dtype}; labels must be integers (int64)")
     gt_boxes, gt_labels, valid = pad_targets(targets, cls_logits.device)
     lengths = torch.tensor([int(bx.shape[0]) for bx, _ in targets], device=gt_labels.device)
     present = torch.arange(gt_labels.shape[1], device=gt_labels.device) < lengths[:, None]  # (B, G)
-    bad_labels = present & ((gt_labels < 1) | (gt_labels >= c))
-    if bad_labels.any():
-        i, j = bad_labels.nonzero()[0].tolist()
-        raise ValueError(
-            f"image {i} of the batch has label {int(gt_labels[i, j])}; labels must be in 1..{c - 1} "
-            f"for a model with {c} classes (0 is the background)"
-        )
-    dropped = int((present & ~valid).sum())
+    dropped = _check_targets(gt_boxes, gt_labels, present, valid, c)
     if dropped:
         warnings.warn(
-            f"multibox_loss: ignored {dropped} ground-truth box(es) without positive width/height or with "
-            "non-finite corners; clean the annotations (see `multibox scan`)",
+            f"multibox_loss: ignored {dropped} ground-truth box(es) without positive width/height; clean the "
+            "annotations (see `multibox scan`)",
             stacklevel=2,
         )
     priors = priors.to(cls_logits.device, torch.float32)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -97,3 +99,23 @@ def make_voc(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return build
+
+
+@pytest.fixture
+def unjam():
+    """If a read blocks on a FIFO (the bug this guards against), open it for writing after 10 s so that the test
+    fails with a wrong result instead of hanging."""
+    timers = []
+
+    def arm(fifo: Path) -> None:
+        def release() -> None:
+            with contextlib.suppress(OSError):  # no reader blocked on it: nothing to release
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+        timer = threading.Timer(10.0, release)
+        timer.start()
+        timers.append(timer)
+
+    yield arm
+    for timer in timers:
+        timer.cancel()

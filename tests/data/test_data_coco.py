@@ -87,10 +87,16 @@ def test_degenerate_and_outside_boxes_one_warning(tmp_path) -> None:
     [
         (lambda d: "{ not json", r"instances\.json: malformed JSON"),
         (lambda d: {k: v for k, v in d.items() if k != "images"}, r"the top level is missing key\(s\) \['images'\]"),
-        (lambda d: d["annotations"][0].pop("bbox") and d, r"annotations\[0\] is missing key\(s\) \['bbox'\]"),
-        (lambda d: d["images"][1].pop("file_name") and d, r"images\[1\] is missing key\(s\) \['file_name'\]"),
+        (
+            lambda d: d["annotations"][0].pop("bbox") and d,
+            r"annotation id 1 \(annotations\[0\]\): missing key\(s\) \['bbox'\]",
+        ),
+        (lambda d: d["images"][1].pop("file_name") and d, r"images\[1\] \(id 3\): missing key\(s\) \['file_name'\]"),
         (lambda d: d["categories"][0].pop("name") and d, r"categories\[0\] is missing key\(s\) \['name'\]"),
-        (lambda d: d["annotations"][2].update(bbox=[1, 2, 3]) or d, r"annotations\[2\] 'bbox' must be 4 numbers"),
+        (
+            lambda d: d["annotations"][2].update(bbox=[1, 2, 3]) or d,
+            r"annotation id 3 \(annotations\[2\]\): 'bbox' must be 4 numbers",
+        ),
         (lambda d: d["annotations"][0].update(image_id=99) or d, r"refers to image id 99"),
         (lambda d: d["annotations"][0].update(category_id=2) or d, r"refers to category id 2"),
         (lambda d: d.update(images={}) or d, r"'images' must be a list"),

@@ -40,13 +40,26 @@ def test_scan_reports_everything_at_once(make_voc) -> None:
     assert report.num_boxes == 6  # good 1, unknown 1, degenerate 1 kept, outside 1 clipped, gray 1, twin 1
 
 
-def test_scan_decode_finds_truncated_images(make_voc) -> None:
-    root = make_voc([{"id": "cut", "size": (64, 64), "objects": []}])
-    path = root / "JPEGImages" / "cut.jpg"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert scan_dataset(root).ok  # the header alone is fine
-    report = scan_dataset(root, decode=True)
-    assert report.kinds()["corrupt_image"] == 1 and "cut.jpg" in str(report)
+def test_scan_finds_truncated_images_from_headers_and_corrupt_ones_with_decode(make_voc) -> None:
+    root = make_voc(
+        [
+            {"id": "cut", "size": (64, 64), "objects": [("dog", 1, 1, 9, 9)]},
+            {"id": "crc", "size": (64, 64), "mode": "RGBA", "objects": [("dog", 1, 1, 9, 9)]},
+        ]
+    )
+    cut = root / "JPEGImages" / "cut.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    crc = root / "JPEGImages" / "crc.png"
+    data = bytearray(crc.read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF  # the last byte of the IDAT chunk's CRC (before IEND's length)
+    crc.write_bytes(bytes(data))
+    headers = scan_dataset(root)  # the truncated JPEG is found from its last bytes; the CRC is not read
+    assert headers.kinds()["unreadable_image"] == 1 and "corrupt_image" not in headers.kinds()
+    assert "cut.jpg: cannot read image header: truncated: the JPEG has no end-of-image marker (EOI)" in str(headers)
+    decoded = scan_dataset(root, decode=True)
+    assert decoded.kinds()["unreadable_image"] == 1 and decoded.kinds()["corrupt_image"] == 1
+    assert "crc.png: cannot decode image: corrupt: PNG chunk IDAT at byte 33 has a bad CRC" in str(decoded)
+    assert decoded.num_images == 0 and not decoded.ok
 
 
 def test_scan_coco(tmp_path) -> None:

@@ -1,8 +1,11 @@
 """Errors, warnings and box checks shared by the dataset readers and :func:`multibox.data.scan_dataset`.
 
 Policy (DESIGN.md rule 15): a file that cannot be used is an error that names the file (or, with
-``on_error="skip"``, is skipped and reported); a box that can be repaired is repaired (clipped) or dropped
-(degenerate), and a dataset emits at most ONE :class:`DatasetWarning` that says how many and in which files.
+``on_error="skip"``, is skipped and reported with its reason); a box that can be repaired is repaired (clipped) or
+dropped (degenerate), and building a dataset emits at most ONE :class:`DatasetWarning` that says how many and in
+which files. An image that only fails when an item is read (:func:`unusable_item`) raises, or under ``"skip"``
+makes the item ``None`` with a warning that names the file and the reason; :func:`multibox.data.collate` leaves
+such items out of the batch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "IssueLog",
     "OnError",
     "check_boxes",
+    "unusable_item",
 ]
 
 OnError = Literal["raise", "skip"]
@@ -71,6 +75,8 @@ _DESCRIPTIONS = {
     "box_outside_dropped": "dropped {n} box(es) entirely outside the image",
     "size_mismatch": "found {n} annotation(s) whose stated size differs from the image's",
     "skipped_file": "skipped {n} unreadable file(s)",
+    "bad_entry": "skipped {n} image(s) with an unusable entry",
+    "dropped_annotation": "dropped {n} annotation(s) that belong to no usable image",
 }
 
 
@@ -101,7 +107,10 @@ class IssueLog:
         for kind, issues in self.by_kind().items():
             n = sum(i.count for i in issues)
             files = list(dict.fromkeys(i.file for i in issues))
-            listed = ", ".join(files[:_MAX_FILES_LISTED])
+            if issues[0].severity == "error":  # a skipped file: say why (the message names the file)
+                listed = "; ".join(dict.fromkeys(i.message for i in issues[:_MAX_FILES_LISTED]))
+            else:
+                listed = ", ".join(files[:_MAX_FILES_LISTED])
             more = f" and {len(files) - _MAX_FILES_LISTED} more" if len(files) > _MAX_FILES_LISTED else ""
             what = _DESCRIPTIONS.get(kind, kind.replace("_", " ") + " x{n}").format(n=n)
             lines.append(f"{what} in {len(files)} file(s): {listed}{more}")
@@ -111,6 +120,27 @@ class IssueLog:
         """Emit one :class:`DatasetWarning` for everything collected (nothing when there is nothing)."""
         if self.issues:
             warnings.warn(f"{owner}: {self.summary()}", DatasetWarning, stacklevel=stacklevel)
+
+
+def unusable_item(owner: str, index: int, exc: Exception, on_error: OnError) -> None:
+    """Apply a reader's error policy to item ``index`` whose image failed when the item was read.
+
+    Args:
+        owner: the dataset, for the message (its ``repr``).
+        index: the item.
+        exc: the error; its message names the file and the reason.
+        on_error: ``"raise"`` or ``"skip"``.
+
+    Returns:
+        None (the item is left out) after a :class:`DatasetWarning` naming the file and the reason, under ``"skip"``.
+
+    Raises:
+        DatasetError: under ``"raise"``, with the error's message.
+    """
+    if on_error == "raise":
+        raise DatasetError(str(exc)) from exc
+    warnings.warn(f"{owner}: skipped item {index}: {exc}", DatasetWarning, stacklevel=3)
+    return None
 
 
 @dataclass(frozen=True)

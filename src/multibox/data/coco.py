@@ -7,11 +7,12 @@ COCO boxes are ``[x, y, width, height]`` in continuous pixel coordinates (no 1-b
 Crowd regions (``iscrowd: 1``) are not objects to detect: they are left out of the targets unless
 ``include_crowd=True`` (for evaluation, where detections on them are ignored, like VOC's ``difficult``). Images
 without annotations are kept: they are valid negatives.
+
+Field types are checked, not coerced (:mod:`multibox.data.coco_json`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,66 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes
+from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
+from multibox.data.coco_json import coco_problems, load_coco_json, read_coco_json, usable_entries
 from multibox.data.image_io import ExifPolicy, decode_image, orient_boxes, probe_image, resolve_orientation
 
 __all__ = ["COCODetection", "load_coco_json"]
-
-
-def _require(entry: Any, keys: tuple[str, ...], file: Path, where: str) -> None:
-    if not isinstance(entry, dict):
-        raise DatasetError(f"{file}: {where} is not a JSON object")
-    missing = [k for k in keys if k not in entry]
-    if missing:
-        raise DatasetError(f"{file}: {where} is missing key(s) {missing}")
-
-
-def load_coco_json(path: str | Path) -> dict[str, Any]:
-    """Load and structurally check a COCO annotation file.
-
-    ``images`` (each with ``id``, ``file_name``, ``width``, ``height``) and ``categories`` (``id``, ``name``) are
-    required; ``annotations`` (``image_id``, ``category_id``, ``bbox`` of 4 numbers) may be absent (image-info
-    files). Annotations must refer to listed images and categories.
-
-    Raises:
-        DatasetError: the file is unreadable, not JSON, or not COCO-shaped; the message names the file and the entry.
-    """
-    file = Path(path)
-    try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{file}: malformed JSON: {exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{file}: cannot read annotation file: {exc}") from exc
-    _require(data, ("images", "categories"), file, "the top level")
-    data.setdefault("annotations", [])
-    for key in ("images", "categories", "annotations"):
-        if not isinstance(data[key], list):
-            raise DatasetError(f"{file}: {key!r} must be a list, got {type(data[key]).__name__}")
-    for k, img in enumerate(data["images"]):
-        _require(img, ("id", "file_name", "width", "height"), file, f"images[{k}]")
-    for k, cat in enumerate(data["categories"]):
-        _require(cat, ("id", "name"), file, f"categories[{k}]")
-    image_ids = {img["id"] for img in data["images"]}
-    if len(image_ids) != len(data["images"]):
-        raise DatasetError(f"{file}: duplicate image ids in 'images'")
-    cat_ids = {cat["id"] for cat in data["categories"]}
-    if len(cat_ids) != len(data["categories"]):
-        raise DatasetError(f"{file}: duplicate category ids in 'categories'")
-    for k, ann in enumerate(data["annotations"]):
-        where = f"annotations[{k}]"
-        _require(ann, ("image_id", "category_id", "bbox"), file, where)
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
-            raise DatasetError(f"{file}: {where} 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
-        if ann["image_id"] not in image_ids:
-            raise DatasetError(f"{file}: {where} refers to image id {ann['image_id']!r}, which is not in 'images'")
-        if ann["category_id"] not in cat_ids:
-            raise DatasetError(
-                f"{file}: {where} refers to category id {ann['category_id']!r}, which is not in 'categories'"
-            )
-    return data
 
 
 @dataclass(frozen=True)
@@ -107,8 +53,11 @@ class COCODetection(torch.utils.data.Dataset):
         images_dir: the folder the ``file_name`` entries are relative to.
         annotation_json: the COCO annotation file.
         include_crowd: keep ``iscrowd`` regions in the targets (flagged in ``"iscrowd"``), for evaluation.
-        on_error: ``"raise"`` on a missing image, or ``"skip"`` the image and report it in the warning. A malformed
-            JSON file always raises.
+        on_error: ``"raise"`` on an image that cannot be used (missing file, an image or annotation entry with a
+            wrong type or reference), or ``"skip"`` it and list it with the reason in the one warning; an
+            annotation that names no listed image is then dropped alone. A file that is not JSON or whose top level
+            or categories are malformed always raises. An image that fails to decode when an item is read raises,
+            or under ``"skip"`` the item is ``None`` with a warning (see :class:`~multibox.data.VOCDetection`).
         exif: how boxes relate to EXIF-rotated images (see :mod:`multibox.data.image_io`); resolved when an item
             is read, since probing every header of a large set up front would be slow.
     """
@@ -127,26 +76,33 @@ class COCODetection(torch.utils.data.Dataset):
         self.annotation_json = Path(annotation_json)
         self.include_crowd = include_crowd
         self.exif: ExifPolicy = exif
-        data = load_coco_json(self.annotation_json)
+        data = read_coco_json(self.annotation_json)
+        problems = coco_problems(data, self.annotation_json)
+        if problems and on_error == "raise":
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise DatasetError(problems[0].message + more)
+        self.on_error: OnError = on_error
         categories = sorted(data["categories"], key=lambda c: c["id"])
-        self.classes: tuple[str, ...] = tuple(str(c["name"]) for c in categories)
+        self.classes: tuple[str, ...] = tuple(c["name"] for c in categories)
         self.category_id_to_label: dict[int, int] = {c["id"]: k + 1 for k, c in enumerate(categories)}
         self.label_to_category_id: dict[int, int] = {k: cid for cid, k in self.category_id_to_label.items()}
         self._label_to_cat = torch.tensor([0] + [c["id"] for c in categories], dtype=torch.int64)
 
-        per_image: dict[Any, list[dict[str, Any]]] = {img["id"]: [] for img in data["images"]}
-        for ann in data["annotations"]:
-            per_image[ann["image_id"]].append(ann)
+        images, per_image = usable_entries(data, problems)
         try:
             listing = set(os.listdir(self.images_dir))
         except OSError as exc:
             raise DatasetError(f"{self.images_dir}: cannot list the images folder: {exc}") from exc
         self.log = IssueLog()
+        for p in problems:
+            kind = "bad_entry" if p.image_id is not None or p.kind == "image" else "dropped_annotation"
+            where = f"{self.annotation_json} (image id {p.image_id})" if p.image_id is not None else p.message
+            self.log.add(Issue(kind, where, p.message, severity="error"))
         self._records: list[_Record] = []
         self._upright_cache: dict[int, tuple[Tensor, tuple[int, int]]] = {}
-        for img in sorted(data["images"], key=lambda i: i["id"]):
+        for img in images:
             path = self.images_dir / img["file_name"]
-            if img["file_name"] not in listing and not path.is_file():
+            if img["file_name"] not in listing and not path.exists():
                 message = f"{self.annotation_json}: image {img['file_name']!r} (id {img['id']}) "
                 message += f"not found in {self.images_dir}"
                 if on_error == "raise":
@@ -163,7 +119,7 @@ class COCODetection(torch.utils.data.Dataset):
         degenerate = (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0)
         check = check_boxes(boxes, *size, degenerate=degenerate)
         self.log.extend(check.issues(f"{self.annotation_json} (image id {img['id']}, {img['file_name']})"))
-        crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
+        crowd = torch.tensor([a.get("iscrowd", 0) == 1 for a in anns], dtype=torch.bool)  # 0/1 or a bool (checked)
         labels = torch.tensor([self.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
         keep = check.keep if self.include_crowd else check.keep & ~crowd
         return _Record(img["id"], path, size, check.boxes[keep], labels[keep], crowd[keep])
@@ -222,12 +178,12 @@ class COCODetection(torch.utils.data.Dataset):
         """Every item's target dict, in order, without decoding any image."""
         return [self.get_target(i) for i in range(len(self))]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
         r = self._records[index]
         try:
             image, info = decode_image(r.image_path)  # (3, H, W) uint8, upright
         except OSError as exc:
-            raise DatasetError(str(exc)) from exc
+            return unusable_item(repr(self), index, exc, self.on_error)
         boxes = r.boxes
         if info.orientation != 1 and resolve_orientation(info, r.size, self.exif):
             boxes = orient_boxes(boxes, info.orientation, info.stored_size)

@@ -19,14 +19,20 @@ Either way the boxes are moved into the coordinates of the upright image that :f
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+from multibox.data.files import open_regular, read_bytes
+from multibox.data.integrity import check_ending, image_problem, sniff_format
 
 __all__ = [
     "ExifPolicy",
@@ -46,6 +52,11 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 # Allow large photos but keep Pillow's decompression-bomb guard on (its default limit is ~89 Mpx).
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 180_000_000)
+
+_TRUNCATED_SETTING_WARNING = (
+    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some code in this process): a truncated {fmt} file would be "
+    "read as a partial picture without an error (JPEG and PNG files are still checked)"
+)
 
 
 @dataclass(frozen=True)
@@ -80,14 +91,36 @@ def _orientation(img: Image.Image) -> int:
 def probe_image(path: str | Path) -> ImageInfo:
     """Read the header of an image file (size, EXIF orientation, mode) without decoding its pixels.
 
+    Only regular files are opened (:mod:`multibox.data.files`), and a JPEG or PNG must end as a complete file does
+    (:func:`multibox.data.integrity.check_ending`, a read of its last bytes), so truncated files are found here.
+
     Raises:
-        OSError: the file is missing or not an image Pillow can identify (the message names the file).
+        OSError: the file is missing, not a regular file, empty, truncated, or not an image Pillow can identify (the
+            message names the file and the reason).
     """
     try:
-        with Image.open(path) as img:
-            return ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)
+        with open_regular(path) as f:
+            problem = check_ending(f)
+            if problem is not None:
+                raise OSError(problem)
+            f.seek(0)
+            with Image.open(f) as img:
+                return ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"{path}: cannot read image header: {exc}") from exc
+        raise OSError(f"{path}: cannot read image header: {_reason(path, exc)}") from exc
+
+
+def _reason(path: str | Path, exc: BaseException) -> str:
+    """Pillow's error in words that do not repeat the path (an empty file gets its own reason)."""
+    if isinstance(exc, UnidentifiedImageError):
+        try:
+            empty = os.stat(path).st_size == 0
+        except OSError:
+            empty = False
+        return "empty file (0 bytes)" if empty else "not an image file Pillow can identify"
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return exc.strerror  # "No such file or directory" without the path again
+    return str(exc)
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -113,16 +146,27 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def decode_image(path: str | Path) -> tuple[Tensor, ImageInfo]:
-    """Decode an image file as :func:`read_image` does, and also return its header (:class:`ImageInfo`)."""
+    """Decode an image file as :func:`read_image` does, and also return its header (:class:`ImageInfo`).
+
+    A JPEG or PNG is first checked from its bytes (:func:`multibox.data.integrity.image_problem`): a truncated or
+    CRC-corrupted file is refused, never read as a partial picture, whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+    says. Other formats rely on Pillow's own truncation error, which that setting turns off (a warning says so).
+    """
     try:
-        with Image.open(path) as img:
+        data = read_bytes(path)  # regular files only
+        problem = image_problem(data)
+        if problem is not None:
+            raise OSError(problem)
+        with Image.open(io.BytesIO(data)) as img:
+            if ImageFile.LOAD_TRUNCATED_IMAGES and sniff_format(data[:8]) is None:
+                warnings.warn(_TRUNCATED_SETTING_WARNING.format(fmt=img.format), stacklevel=3)
             img.load()
             info = ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)
             if info.orientation != 1:
                 img = ImageOps.exif_transpose(img)
             array = _to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"{path}: cannot decode image: {exc}") from exc
+        raise OSError(f"{path}: cannot decode image: {_reason(path, exc)}") from exc
     # (H, W, 3) -> (3, H, W); a copy so that the tensor owns writable memory.
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), info
 
@@ -135,7 +179,8 @@ def read_image(path: str | Path) -> Tensor:
     images are scaled to 8 bits.
 
     Raises:
-        OSError: the file is missing, truncated or not an image (the message names the file).
+        OSError: the file is missing, not a regular file, empty, truncated, corrupt or not an image (the message
+            names the file and the reason).
     """
     return decode_image(path)[0]
 

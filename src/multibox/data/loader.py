@@ -8,6 +8,11 @@ torch's global generators from ``(seed, epoch, worker id)`` (:func:`seed_worker`
 
 The epoch advances by one each time the loader is iterated; :meth:`DetectionLoader.set_epoch` sets it (e.g. when
 resuming a run).
+
+Unreadable images. A reader built with ``on_error="skip"`` gives ``None`` for an item whose image fails to decode
+(with a warning naming the file and the reason, printed by the process that read it, a worker or the main
+process); :func:`collate` leaves such items out, so the batch is smaller, and a batch left empty is ``None``, which
+:class:`DetectionLoader` does not yield. Under ``on_error="raise"`` the error names the file.
 """
 
 from __future__ import annotations
@@ -79,12 +84,20 @@ def apply_transform(
     return image, out
 
 
-def collate(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
+def collate(
+    batch: Sequence[tuple[Tensor, dict[str, Any]] | None],
+) -> tuple[Tensor, list[dict[str, Any]]] | None:
     """Stack ``B`` images ``Tensor[3, H, W]`` into ``Tensor[B, 3, H, W]``; targets stay a list of dicts.
+
+    ``None`` items (images a reader skipped, see the module docstring) are left out, so ``B`` may be smaller than
+    the batch size; a batch of nothing but ``None`` gives ``None``.
 
     Raises:
         ValueError: the images differ in size (a transform that resizes to a fixed size is missing).
     """
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return None
     images = [item[0] for item in batch]
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
@@ -101,7 +114,8 @@ class TransformedDataset(Dataset):
     Items are addressed by ``(epoch, index)`` keys (a plain ``index`` means epoch 0).
 
     Args:
-        dataset: items ``(uint8 image, target dict)`` as :class:`~multibox.data.VOCDetection` returns them.
+        dataset: items ``(uint8 image, target dict)`` as :class:`~multibox.data.VOCDetection` returns them, or
+            ``None`` for an item the reader skipped (passed on as ``None``).
         transform: a ``(image, boxes, labels, generator)`` transform, or None.
         seed: the base seed of :func:`sample_seed`.
     """
@@ -114,9 +128,12 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]] | None:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, target = self.dataset[index]
+        item = self.dataset[index]
+        if item is None:  # skipped by the reader (on_error="skip"), which has warned
+            return None
+        image, target = item
         if self.transform is None:
             return image, target
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
@@ -148,7 +165,10 @@ class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class DetectionLoader(DataLoader):
-    """A :class:`~torch.utils.data.DataLoader` whose epoch (and so its seeds) advances at each iteration."""
+    """A :class:`~torch.utils.data.DataLoader` whose epoch (and so its seeds) advances at each iteration.
+
+    A batch whose every image was skipped by the reader (``None`` from :func:`collate`) is not yielded.
+    """
 
     def __init__(self, dataset: TransformedDataset, batch_sampler: _EpochBatchSampler, seed: int, **kwargs: Any):
         super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
@@ -172,7 +192,7 @@ class DetectionLoader(DataLoader):
         self._next_epoch += 1
         self._epoch_sampler.epoch = epoch
         self.worker_init_fn = functools.partial(seed_worker, self._seed, epoch)
-        return super().__iter__()
+        return (batch for batch in super().__iter__() if batch is not None)  # None: every image of it was skipped
 
 
 def build_loader(

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from multibox.data.checks import DatasetError, Issue, check_boxes
-from multibox.data.coco import load_coco_json
+from multibox.data.coco_json import coco_problems, read_coco_json, usable_entries
+from multibox.data.files import read_bytes
 from multibox.data.image_io import ImageInfo, decode_image, orient_boxes, probe_image, resolve_orientation
 from multibox.data.voc import find_image, parse_voc_xml, read_split, voc_to_xyxy
 
@@ -107,7 +108,7 @@ def _usable_image(report: ScanReport, path: Path, decode: bool) -> ImageInfo | N
     try:
         info = probe_image(path)
     except OSError as exc:
-        report.issues.append(Issue("unreadable_image", str(path), str(exc), 1, "error"))
+        report.issues.append(Issue("unreadable_image", str(path), str(exc).removeprefix(f"{path}: "), 1, "error"))
         return None
     return info if _image_notes(report, path, info, decode) else None
 
@@ -126,7 +127,7 @@ def _image_notes(report: ScanReport, path: Path, info: ImageInfo, decode: bool) 
         try:
             decode_image(path)
         except OSError as exc:
-            report.issues.append(Issue("corrupt_image", str(path), str(exc), 1, "error"))
+            report.issues.append(Issue("corrupt_image", str(path), str(exc).removeprefix(f"{path}: "), 1, "error"))
             return False
     return True
 
@@ -135,7 +136,7 @@ def _duplicates(report: ScanReport, paths: Sequence[Path], boxes_of: dict[Path, 
     groups: dict[str, list[Path]] = defaultdict(list)
     for p in paths:
         try:
-            groups[hashlib.sha1(p.read_bytes(), usedforsecurity=False).hexdigest()].append(p)
+            groups[hashlib.sha1(read_bytes(p), usedforsecurity=False).hexdigest()].append(p)
         except OSError:
             continue
     for group in groups.values():
@@ -178,13 +179,14 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
     used_images, boxes_of, referenced = [], {}, set()
     for image_id in ids:
         file = ann_dir / f"{image_id}.xml"
-        if not file.is_file():
+        if not file.exists():  # (a FIFO or folder exists: parse_voc_xml says it is not a regular file)
             report.issues.append(Issue("missing_annotation", str(file), "listed in the split but absent", 1, "error"))
             continue
         try:
             ann = parse_voc_xml(file)
         except DatasetError as exc:
-            report.issues.append(Issue("malformed_annotation", str(file), str(exc).split(": ", 1)[-1], 1, "error"))
+            kind = "unreadable_annotation" if isinstance(exc.__cause__, OSError) else "malformed_annotation"
+            report.issues.append(Issue(kind, str(file), str(exc).split(": ", 1)[-1], 1, "error"))
             continue
         if known is not None:
             unknown = sorted({n for n in ann.names if n not in known})
@@ -241,21 +243,23 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
 
 def _scan_coco(images_dir: Path, annotation_json: Path, decode: bool, report: ScanReport) -> None:
     try:
-        data = load_coco_json(annotation_json)
+        data = read_coco_json(annotation_json)
     except DatasetError as exc:
-        report.issues.append(
-            Issue("malformed_annotation", str(annotation_json), str(exc).split(": ", 1)[-1], 1, "error")
-        )
+        kind = "unreadable_annotation" if isinstance(exc.__cause__, OSError) else "malformed_annotation"
+        report.issues.append(Issue(kind, str(annotation_json), str(exc).split(": ", 1)[-1], 1, "error"))
         return
-    names = {c["id"]: str(c["name"]) for c in data["categories"]}
-    per_image: dict = defaultdict(list)
-    for ann in data["annotations"]:
-        per_image[ann["image_id"]].append(ann)
+    problems = coco_problems(data, annotation_json)
+    for p in problems:
+        report.issues.append(
+            Issue(f"bad_{p.kind}_entry", str(annotation_json), p.message.split(": ", 1)[-1], 1, "error")
+        )
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    images, per_image = usable_entries(data, problems)
     used_images, boxes_of = [], {}
-    for img in data["images"]:
+    for img in images:
         path = images_dir / img["file_name"]
         where = f"{annotation_json} (image id {img['id']}, {img['file_name']})"
-        if not path.is_file():
+        if not path.exists():  # (a FIFO or folder exists: probing says it is not a regular file)
             report.issues.append(Issue("missing_image", where, f"image not found in {images_dir}", 1, "error"))
             continue
         info = _usable_image(report, path, decode)
@@ -266,14 +270,14 @@ def _scan_coco(images_dir: Path, annotation_json: Path, decode: bool, report: Sc
             report.issues.append(
                 Issue("size_mismatch", where, f"JSON size {size} but the image is {info.size}", 1, "warning")
             )
-        anns = per_image.get(img["id"], [])
+        anns = per_image[img["id"]]
         if not anns:
             report.issues.append(Issue("no_annotations", where, "no annotations (kept as a negative)", 1, "info"))
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
         boxes = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=1)  # (N, 4) xywh -> xyxy
         check = check_boxes(boxes, *size, degenerate=(xywh[:, 2] <= 0) | (xywh[:, 3] <= 0))
         report.issues += check.issues(where)
-        crowd = sum(bool(a.get("iscrowd", 0)) for a in anns)
+        crowd = sum(a.get("iscrowd", 0) == 1 for a in anns)
         if crowd:
             report.issues.append(Issue("crowd", where, f"{crowd} crowd region(s)", crowd, "info"))
         report.num_images += 1

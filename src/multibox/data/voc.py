@@ -25,10 +25,11 @@ from xml.etree.ElementTree import Element, ParseError
 
 import torch
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import parse as defused_parse
+from defusedxml.ElementTree import fromstring as defused_fromstring
 from torch import Tensor
 
-from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes
+from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
+from multibox.data.files import read_bytes, read_text, xml_encoding_hint
 from multibox.data.image_io import ExifPolicy, ImageInfo, orient_boxes, probe_image, read_image, resolve_orientation
 
 __all__ = [
@@ -102,19 +103,25 @@ def _number(node: Element, tag: str, file: Path, where: str) -> float:
 def parse_voc_xml(path: str | Path) -> VOCAnnotation:
     """Parse one VOC annotation file with defusedxml (entity expansion, i.e. XML bombs, is refused).
 
+    Only a regular file is read (a named pipe would block the parser); the encoding is the XML declaration's, else
+    UTF-8.
+
     Raises:
-        DatasetError: the file is unreadable, not well-formed XML, declares entities, or lacks a required element
-            (``<name>``, ``<bndbox>`` and its four numeric corners); the message names the file.
+        DatasetError: the file is unreadable or not a regular file, not well-formed XML (or not in its encoding),
+            declares entities, or lacks a required element (``<name>``, ``<bndbox>`` and its four numeric corners);
+            the message names the file.
     """
     file = Path(path)
     try:
-        root = defused_parse(str(file)).getroot()
+        data = read_bytes(file)  # regular files only: a FIFO would block the parser forever
+    except OSError as exc:
+        raise DatasetError(f"{file}: cannot read annotation: {exc}") from exc
+    try:
+        root = defused_fromstring(data)
     except DefusedXmlException as exc:
         raise DatasetError(f"{file}: refused to parse, the XML declares entities or a DTD ({exc!r})") from exc
     except ParseError as exc:
-        raise DatasetError(f"{file}: malformed XML: {exc}") from exc
-    except OSError as exc:
-        raise DatasetError(f"{file}: cannot read annotation: {exc}") from exc
+        raise DatasetError(f"{file}: malformed XML: {exc}{xml_encoding_hint(data)}") from exc
     if root.tag != "annotation":
         raise DatasetError(f"{file}: root element is <{root.tag}>, expected <annotation>")
     filename = root.findtext("filename")
@@ -146,11 +153,18 @@ def parse_voc_xml(path: str | Path) -> VOCAnnotation:
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """Image ids listed in ``ImageSets/Main/<split>.txt`` (first column; blank lines ignored)."""
+    """Image ids listed in ``ImageSets/Main/<split>.txt`` (first column; blank lines ignored).
+
+    The file is UTF-8, with or without a byte-order mark (Windows Notepad writes one).
+
+    Raises:
+        DatasetError: the file is missing, not a regular file, or not UTF-8; the message names the file and, for an
+            encoding problem, the first bad byte with its line and column.
+    """
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
+        lines = read_text(path).splitlines()
+    except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read split file: {exc}") from exc
     return [line.split()[0] for line in lines if line.strip()]
 
@@ -204,8 +218,18 @@ class VOCDetection(torch.utils.data.Dataset):
     - ``"image_id"``: the id from the split list (``str``),
     - ``"orig_size"``: ``Tensor[2]`` int64 ``(H, W)`` of the image.
 
-    All annotations of the split are parsed and validated when the dataset is built (see
-    :mod:`multibox.data.checks` for the policy); images are decoded only by ``__getitem__``.
+    All annotations of the split are parsed and validated when the dataset is built, and every image's header is
+    read (which also finds truncated JPEG and PNG files from their last bytes); images are decoded only by
+    ``__getitem__``. Error policy (``on_error``; see :mod:`multibox.data.checks`):
+
+    - when the dataset is built, a file that cannot be used (malformed or missing annotation, unknown class,
+      missing, unreadable or truncated image, a named pipe...) raises :class:`DatasetError` naming the file, or
+      under ``"skip"`` is left out and listed with its reason in the dataset's one :class:`DatasetWarning`
+      (``self.log`` keeps them all);
+    - when an item is read, an image that turns out not to decode (corrupt data, bad CRC, replaced file) raises
+      :class:`DatasetError` naming the file and the reason, or under ``"skip"`` gives ``None`` with a
+      :class:`DatasetWarning` naming them: :func:`multibox.data.collate` leaves such items out of their batch.
+      Nothing is substituted for a bad image.
 
     Args:
         root: the folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/``.
@@ -213,9 +237,9 @@ class VOCDetection(torch.utils.data.Dataset):
             ``Annotations/``.
         classes: the class names (label ``k + 1`` is ``classes[k]``); an object of another class is an error.
             None collects the names of every file in ``Annotations/`` (not only the split's, so that every split
-            of a root gets the same labels), sorted.
+            of a root gets the same labels), sorted; when no file has an object this is an error that says so.
         keep_difficult: keep objects marked ``difficult`` (needed by VOC evaluation, which ignores them).
-        on_error: ``"raise"`` on a file that cannot be used, or ``"skip"`` it and report it in the warning.
+        on_error: ``"raise"`` on a file that cannot be used, or ``"skip"`` it with a warning (see above).
         exif: how boxes relate to EXIF-rotated images (``"auto"``, ``"stored"``, ``"displayed"``; see
             :mod:`multibox.data.image_io`).
     """
@@ -234,6 +258,7 @@ class VOCDetection(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split = split
         self.keep_difficult = keep_difficult
+        self.on_error: OnError = on_error
         ann_dir, img_dir = self.root / "Annotations", self.root / "JPEGImages"
         for d in (ann_dir, img_dir):
             if not d.is_dir():
@@ -249,7 +274,8 @@ class VOCDetection(torch.utils.data.Dataset):
                     parsed[image_id] = exc
             return parsed[image_id]
 
-        if classes is None:
+        collect = classes is None
+        if collect:
             names = set()
             for p in sorted(ann_dir.glob("*.xml")):
                 ann = parse(p.stem)
@@ -273,6 +299,13 @@ class VOCDetection(torch.utils.data.Dataset):
                 continue
             self._records.append(record)
         self.log.warn(repr(self))
+        if collect and not self.classes:
+            where = f"{self.root} (split {split!r})" if split is not None else str(self.root)
+            raise DatasetError(
+                f"no image in {where} has a box: {len(self._records)} image(s) read, and no annotation file in "
+                "Annotations/ has an <object>, so there are no classes to learn; pass classes=[...] to read the "
+                "images as negatives"
+            )
 
     def _load_record(
         self,
@@ -351,17 +384,17 @@ class VOCDetection(torch.utils.data.Dataset):
         """Every item's target dict, in order, without decoding any image."""
         return [self.get_target(i) for i in range(len(self))]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
         r = self._records[index]
         try:
             image = read_image(r.image_path)  # (3, H, W) uint8, upright
+            if (image.shape[2], image.shape[1]) != r.size:
+                raise OSError(
+                    f"{r.image_path}: decoded as {image.shape[2]}x{image.shape[1]} but its header said "
+                    f"{r.size[0]}x{r.size[1]} (was the file replaced?)"
+                )
         except OSError as exc:
-            raise DatasetError(str(exc)) from exc
-        if (image.shape[2], image.shape[1]) != r.size:
-            raise DatasetError(
-                f"{r.image_path}: decoded as {image.shape[2]}x{image.shape[1]} but its header said {r.size[0]}x"
-                f"{r.size[1]} (was the file replaced?)"
-            )
+            return unusable_item(repr(self), index, exc, self.on_error)
         return image, self.get_target(index)
 
     def __repr__(self) -> str:
