@@ -15,9 +15,8 @@ from multibox import export_onnx
 from multibox.export import ExportMismatchError, check_onnx, onnx_session, pad_detections, random_sample, run_onnx
 from multibox.export_graph import DETECTION_OUTPUTS, DetectionGraph, GraphNMS, RawGraph
 from multibox.models import create_model
-from multibox.models.tiny import IMAGENET_STD
 from multibox.onnx_runtime import compare_detections, read_metadata
-from multibox.postprocess import postprocess
+from multibox.postprocess import postprocess, select_candidates
 
 SIZES = [64, (96, 128)]  # square and non-square (H, W)
 
@@ -153,7 +152,7 @@ def test_a_mismatch_is_an_error(exported):
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.head.conf[0].bias.view(-1, 4)[:, 1] += 0.5  # class 1 only (softmax ignores a shift of all logits)
-    with pytest.raises(ExportMismatchError):
+    with pytest.raises(ExportMismatchError, match=r"image 0, class 1: .*\(compared as a list: image 0: "):
         check_onnx(path, DetectionGraph(changed), [random_sample(model, 1)])
     model, path, _ = exported[64, False]
     changed = copy.deepcopy(model)
@@ -194,12 +193,15 @@ def test_bad_arguments_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_ssd300_export_matches_torch(tmp_path):
-    """The real network with 21 VOC classes (export_onnx's own check; the dynamic batch is tested on ssd_tiny)."""
+    """The real network with 21 VOC classes and every default (export_onnx's own check, batches of 1 and 2)."""
     torch.manual_seed(0)
-    # ImageNet std keeps a randomly initialised VGG's logits moderate: with the Caffe std of 1 the probabilities
-    # saturate at exactly 1.0 and the many tied scores make the kept boxes depend on the order of ties.
-    model = create_model("ssd300_vgg16", 21, std=IMAGENET_STD).eval()
-    result = export_onnx(model, tmp_path / "ssd300.onnx", dynamic_batch=False)
-    assert result.checked_batches == (1,)
+    # With its default (Caffe) std of 1 an untrained VGG's probabilities saturate at exactly 1.0: many tied
+    # scores, which torch and onnxruntime resolve differently (tests/test_export_ties.py); the check allows that.
+    model = create_model("ssd300_vgg16", 21).eval()
+    with torch.no_grad():
+        _, scores, valid = select_candidates(model(random_sample(model, 1)), model.priors)
+    assert int(((scores == 1.0) & valid).sum()) > 100
+    result = export_onnx(model, tmp_path / "ssd300.onnx")
+    assert result.checked_batches == (1, 2)
     assert result.max_abs_diff["boxes"] <= 1e-4 and result.max_abs_diff["scores"] <= 1e-5
     assert 90 * 2**20 < result.size_bytes < 110 * 2**20  # 26.3M float32 parameters

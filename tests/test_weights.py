@@ -437,4 +437,4 @@ def test_convert_cli(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "last.pt"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "already a multibox" in capsys.readouterr().err
     assert main(["convert", out, "--from", "torchvision", "--out", str(tmp_path / "x.pt")]) == 2
-    assert "missing head.classification_head.module_list.0.weight" in capsys.readouterr().err
+    assert "already a multibox" in capsys.readouterr().err  # not torchvision's either

@@ -23,6 +23,7 @@ EXAMPLES = {
     "  multibox export --weights last.pt --out raw.onnx --raw --image-size 300 400",
     "convert": "example:\n  multibox convert ssd300_mAP_77.43_v2.pth --from ssd.pytorch --out ssd300_voc.pt\n"
     "  multibox convert vgg16_reducedfc.pth --from ssd.pytorch-base --out base.pt\n"
+    "  multibox convert ssdlite320_mobilenet_v3_large_coco-a79551df.pth --from torchvision --out ssdlite_coco.pt\n"
     "  multibox convert runs/demo/last.pt --to-safetensors --out last.safetensors",
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
     "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8 --onnx\n"
@@ -96,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--top-k", type=int, default=200, help="detections per image, the output size (default 200)")
     x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
 
-    c = _parser(sub, "convert", "convert ssd.pytorch / torchvision / ImageNet VGG16 weights, or save as safetensors")
+    c = _parser(
+        sub,
+        "convert",
+        "convert ssd.pytorch, torchvision (ssd300_vgg16, ssdlite320_mobilenet_v3_large) or ImageNet VGG16 weights, "
+        "or save as safetensors",
+    )
     c.add_argument("source", help="the weights file to convert")
     c.add_argument("--out", required=True)
     layouts = "ssd.pytorch, ssd.pytorch-base, torchvision or imagenet-vgg16"

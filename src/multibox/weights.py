@@ -44,6 +44,24 @@ Layouts (``--from`` of ``multibox convert``):
     post-processes with 400 candidates per class and one class-aware NMS over them (ours: ``pre_nms_top_k=200``,
     per class).
 
+    torchvision's ``ssdlite320_mobilenet_v3_large`` (COCO, the same 91 classes; ``torchvision/models/detection/
+    ssdlite.py``) is our ``ssdlite320_mobilenet_v3`` tensor for tensor under other names; :func:`convert_torchvision`
+    tells the two models apart by their keys (:data:`TORCHVISION_MODELS`).
+    Its ``SSDLiteFeatureExtractorMobileNet`` splits ``mobilenet_v3_large().features`` at C4, the expansion of bneck
+    ``c4_pos = 13`` (the last stride-2 block): ``backbone.features.0`` is ``Sequential(*features[:13],
+    features[13].block[0])``, so ``.0.0`` .. ``.0.12`` are blocks 0..12 and ``.0.13`` is the expansion;
+    ``backbone.features.1`` is ``Sequential(features[13].block[1:], *features[14:])``, where ``.1.0`` is a slice of
+    ``block``, and a sliced ``nn.Sequential`` keeps its children's names: the depthwise conv, squeeze-excite and
+    projection stay ``.1.0.1``, ``.1.0.2``, ``.1.0.3`` (not ``.0/.1/.2``); ``.1.1``, ``.1.2``, ``.1.3`` are blocks
+    14, 15 and the last 1x1 conv. ``backbone.extra.K`` are our ``backbone.extras.K``; ``head.classification_head.
+    module_list.N`` and ``head.regression_head.module_list.N`` (3x3 depthwise + BatchNorm + ReLU6, then 1x1) our
+    ``head.conf.N`` and ``head.loc.N``. Its COCO weights have ``reduce_tail=True`` (C5 480 channels; a model trained
+    from torchvision's ImageNet backbone has 960, ``reduce_tail=False``, which is read from the shapes) and width
+    1.0. Its transform maps [0, 1] RGB to [-1, 1] (``image_mean = image_std = 0.5``), i.e. mean = std = 127.5 in
+    0-255 units, and its ``DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)`` is our
+    :data:`~multibox.models.mobilenet.SSDLITE320`. Its post-processing differs from our defaults: score 0.001,
+    ``topk_candidates`` 300 per class, one class-aware NMS at 0.55, 300 detections per image.
+
 ``imagenet-vgg16``
     a torchvision-layout ImageNet VGG16 classifier (``features.N``, ``classifier.0/3/6``) into our base with the
     paper's reduced fc6/fc7 (§3 "Base network": "we convert fc6 and fc7 to convolutional layers, subsample
@@ -59,7 +77,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,15 +92,22 @@ from multibox.priors import COCO300, PriorSpec
 __all__ = [
     "COCO80_CLASSES",
     "CONVERTERS",
+    "LAYOUTS",
     "TORCHVISION300",
     "TORCHVISION_COCO_CLASSES",
+    "TORCHVISION_MODELS",
+    "TORCHVISION_SSDLITE_MEAN",
+    "TORCHVISION_SSDLITE_POSTPROCESS",
+    "TORCHVISION_SSDLITE_STD",
     "ConversionError",
     "Converted",
     "convert_file",
     "convert_imagenet_vgg16",
     "convert_ssd_pytorch",
     "convert_ssd_pytorch_base",
+    "convert_torchvision",
     "convert_torchvision_ssd300",
+    "convert_torchvision_ssdlite320",
     "detect_layout",
     "fc_reduced_indices",
     "load_state_dict_file",
@@ -352,6 +377,98 @@ def convert_torchvision_ssd300(
     return Converted(out, model, mean, (1.0, 1.0, 1.0), list(classes), "torchvision", [note])  # type: ignore[arg-type]
 
 
+#: torchvision ``ssdlite320_mobilenet_v3_large``'s ``image_mean = image_std = 0.5`` of [0, 1] RGB, in 0-255 units.
+TORCHVISION_SSDLITE_MEAN = (127.5, 127.5, 127.5)
+TORCHVISION_SSDLITE_STD = (127.5, 127.5, 127.5)
+
+#: torchvision ``ssdlite320_mobilenet_v3_large``'s post-processing (``ssdlite.py`` defaults) in our argument names.
+TORCHVISION_SSDLITE_POSTPROCESS = {"score_thresh": 0.001, "nms_thresh": 0.55, "pre_nms_top_k": 300, "top_k": 300}
+
+_SSDLITE_PREFIXES = {
+    "backbone.extras.": "backbone.extra.",
+    "head.conf.": "head.classification_head.module_list.",
+    "head.loc.": "head.regression_head.module_list.",
+}
+
+
+def _torchvision_ssdlite_key(key: str, c4: int) -> str:
+    """torchvision ``ssdlite320_mobilenet_v3_large``'s name for our ``ssdlite320_mobilenet_v3`` key (see the module
+    docstring); ``c4`` is the index of the bneck whose expansion is C4 (13)."""
+    parts = key.split(".")
+    if parts[:2] == ["backbone", "features"]:
+        i, rest = int(parts[2]), parts[3:]
+        if i != c4:  # before C4's bneck: in features.0 at the same index; after it: features.1 from index 1 on
+            return ".".join(["backbone.features", *(("0", str(i)) if i < c4 else ("1", str(i - c4))), *rest])
+        m = int(rest[1])  # rest = ["block", m, ...]: the expansion ends features.0, the slice block[1:] keeps m
+        return ".".join(["backbone.features", *(("0", str(c4)) if m == 0 else ("1", "0", str(m))), *rest[2:]])
+    for ours, theirs in _SSDLITE_PREFIXES.items():
+        if key.startswith(ours):
+            return theirs + key[len(ours) :]
+    raise ValueError(f"{key!r} is not a key of ssdlite320_mobilenet_v3")
+
+
+def convert_torchvision_ssdlite320(
+    state_dict: Mapping[str, Tensor], *, num_classes: int | None = None, classes: Sequence[str] | None = None
+) -> Converted:
+    """Convert torchvision's ``ssdlite320_mobilenet_v3_large`` state dict (module docstring: keys, preprocessing).
+
+    Args:
+        state_dict: torchvision's keys.
+        num_classes: expected classes including the background (None: read from the classification head; 91
+            for torchvision's COCO weights).
+        classes: foreground names (None: :data:`TORCHVISION_COCO_CLASSES` for 91 classes).
+    """
+    from multibox.models import create_model
+    from multibox.models.mobilenet import SSDLITE320
+
+    what = "torchvision ssdlite320_mobilenet_v3_large"
+    sd = _strip_module(state_dict)
+    boxes = SSDLITE320.boxes_per_location[0]  # 6 on every map
+    c = _classes_from_conf(sd, "head.classification_head.module_list.0.1.weight", boxes, what, num_classes)
+    c5 = sd.get("backbone.features.1.3.0.weight")  # the last 1x1 conv: 960 outputs, or 480 with the reduced tail
+    reduce_tail = not (isinstance(c5, Tensor) and c5.shape[0] == 960)
+    mean, std = TORCHVISION_SSDLITE_MEAN, TORCHVISION_SSDLITE_STD
+    model = create_model("ssdlite320_mobilenet_v3", c, reduce_tail=reduce_tail, mean=mean, std=std)
+    expected = _shapes(model)
+    mapping = {_torchvision_ssdlite_key(k, model.backbone.c4_index): k for k in expected}
+    out = _remap(sd, mapping, expected, what)
+    model.load_state_dict(out)
+    if classes is None:
+        classes = TORCHVISION_COCO_CLASSES if c == 91 else ()
+    post = TORCHVISION_SSDLITE_POSTPROCESS
+    notes = [
+        f"{c} classes, reduce_tail={reduce_tail}, priors SSDLITE320 (torchvision's DefaultBoxGenerator), "
+        f"RGB (x - 127.5) / 127.5",
+        f"torchvision post-processes with score {post['score_thresh']}, {post['pre_nms_top_k']} candidates per class, "
+        f"NMS {post['nms_thresh']}, {post['top_k']} detections (e.g. export --score {post['score_thresh']} --nms "
+        f"{post['nms_thresh']} --pre-nms-top-k {post['pre_nms_top_k']} --top-k {post['top_k']})",
+    ]
+    return Converted(out, model, mean, std, list(classes), "torchvision", notes)
+
+
+#: The torchvision detectors :func:`convert_torchvision` reads, each told by a key only its layout has.
+TORCHVISION_MODELS: dict[str, tuple[str, Callable[..., Converted]]] = {
+    "ssd300_vgg16": ("backbone.scale_weight", convert_torchvision_ssd300),
+    "ssdlite320_mobilenet_v3_large": ("backbone.features.0.0.0.weight", convert_torchvision_ssdlite320),
+}
+
+
+def convert_torchvision(
+    state_dict: Mapping[str, Tensor], *, num_classes: int | None = None, classes: Sequence[str] | None = None
+) -> Converted:
+    """Convert a torchvision SSD (:data:`TORCHVISION_MODELS`), the model told by its keys.
+
+    Raises:
+        ConversionError: the keys are of neither model (the message names both and shows some keys).
+    """
+    sd = _strip_module(state_dict)
+    for marker, converter in TORCHVISION_MODELS.values():
+        if marker in sd:
+            return converter(sd, num_classes=num_classes, classes=classes)
+    models = ", ".join(f"{name} (has {marker})" for name, (marker, _) in TORCHVISION_MODELS.items())
+    raise ConversionError(f"not a torchvision SSD this converter knows: {models}; {_keys_seen(sd)}")
+
+
 def fc_reduced_indices(filters: int = 4096, grid: int = 7, step: int = 4, tap_step: int = 3) -> tuple[Tensor, Tensor]:
     """The Caffe ``fc_reduced`` subsampling: kept filters ``0, 4, ..., 4092`` and kept taps ``0, 3, 6`` of ``7``."""
     return torch.arange(0, filters, step), torch.arange(0, grid, tap_step)
@@ -414,9 +531,28 @@ def convert_imagenet_vgg16(state_dict: Mapping[str, Tensor]) -> Converted:
 CONVERTERS: dict[str, Callable[..., Converted]] = {
     "ssd.pytorch": convert_ssd_pytorch,
     "ssd.pytorch-base": convert_ssd_pytorch_base,
-    "torchvision": convert_torchvision_ssd300,
+    "torchvision": convert_torchvision,
     "imagenet-vgg16": convert_imagenet_vgg16,
 }
+
+#: Layout name -> what it is, one line each (shown when a layout is not recognised).
+LAYOUTS: dict[str, str] = {
+    "ssd.pytorch": "amdegroot/ssd.pytorch SSD300 (vgg.N, L2Norm.weight, extras.N, loc.N, conf.N)",
+    "ssd.pytorch-base": "ssd.pytorch's VGG16 base vgg16_reducedfc.pth (N.weight, N.bias for N = 0 .. 33)",
+    "torchvision": "torchvision ssd300_vgg16 or ssdlite320_mobilenet_v3_large (backbone.*, head.classification_head.*, "
+    "head.regression_head.*)",
+    "imagenet-vgg16": "a torchvision-layout ImageNet VGG16 classifier (features.N, classifier.0/3/6)",
+}
+
+
+def _keys_seen(keys: Iterable[str], count: int = 6) -> str:
+    """``"saw N keys: [first few sorted]"`` for error messages."""
+    names = sorted(keys)
+    return f"saw {len(names)} keys: {names[:count]}{' ...' if len(names) > count else ''}"
+
+
+def _supported() -> str:
+    return "supported layouts (--from):\n" + "\n".join(f"  {name}: {what}" for name, what in LAYOUTS.items())
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -439,13 +575,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return sd
 
 
-def detect_layout(sd: Mapping[str, Tensor]) -> str:
-    """Guess the layout of a state dict from its keys (a name of :data:`CONVERTERS`).
-
-    Raises:
-        ConversionError: no known layout fits; the message shows some keys.
-    """
-    keys = {k[len("module.") :] if k.startswith("module.") else k for k in sd}
+def _guess_layout(keys: set[str]) -> str | None:
+    """The layout whose marker keys ``keys`` (without a ``module.`` prefix) has, or None."""
     if "vgg.0.weight" in keys and any(k.startswith("conf.") for k in keys):
         return "ssd.pytorch"
     if "0.weight" in keys and "33.weight" in keys:
@@ -454,9 +585,58 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
         return "torchvision"
     if "features.0.weight" in keys and "classifier.0.weight" in keys:
         return "imagenet-vgg16"
-    if "model_args" in keys or any(k.startswith("head.conf.") for k in keys):
-        raise ConversionError("this is already a multibox state dict; nothing to convert")
-    raise ConversionError(f"unknown weights layout (keys like {sorted(keys)[:5]}); pass one of {sorted(CONVERTERS)}")
+    return None
+
+
+def detect_layout(sd: Mapping[str, Tensor]) -> str:
+    """Guess the layout of a state dict from its keys (a name of :data:`CONVERTERS`).
+
+    Raises:
+        ConversionError: no known layout fits; the message lists the supported layouts and shows some keys.
+    """
+    keys = {k[len("module.") :] if k.startswith("module.") else k for k in sd}
+    layout = _guess_layout(keys)
+    if layout is None:
+        raise _unrecognised(keys)
+    return layout
+
+
+def _is_multibox(keys: set[str]) -> bool:
+    return "model_args" in keys or any(k.startswith("head.conf.") for k in keys)
+
+
+def _unrecognised(keys: set[str]) -> ConversionError:
+    if _is_multibox(keys):
+        return ConversionError("this is already a multibox state dict; nothing to convert")
+    return ConversionError(f"unknown weights layout ({_keys_seen(keys)}); {_supported()}")
+
+
+def _convert(sd: Mapping[str, Tensor], layout: str | None, source: str | Path, **kwargs: Any) -> Converted:
+    """Run the converter of ``layout`` (None: guessed) on ``sd`` read from ``source``; errors name the file and,
+    where the keys are not of the layout asked for, list the supported layouts."""
+    keys = {k[len("module.") :] if k.startswith("module.") else k for k in sd}
+    guess = _guess_layout(keys)
+    layout = layout or guess
+    if layout is None:
+        raise ConversionError(f"{source}: {_unrecognised(keys)}")
+    if layout not in CONVERTERS:
+        raise ValueError(f"unknown layout {layout!r}; {_supported()}")
+    converter = CONVERTERS[layout]
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(options) - set(inspect.signature(converter).parameters))
+    if unknown:
+        raise ValueError(f"layout {layout!r} takes no option(s) {unknown}")
+    try:
+        return converter(sd, **options)
+    except ConversionError as e:
+        if guess == layout:  # the right layout, with missing or misshapen tensors: the converter's message
+            raise ConversionError(f"{source}: {e}") from e
+        if guess is None:
+            if _is_multibox(keys):
+                raise ConversionError(f"{source}: {_unrecognised(keys)}") from e
+            seen = "" if _keys_seen(keys) in str(e) else f"; {_keys_seen(keys)}"
+            raise ConversionError(f"{source}: not {layout!r} weights ({e}{seen}); {_supported()}") from e
+        raise ConversionError(f"{source}: not {layout!r} weights ({e}); its keys look like {guess!r}") from e
 
 
 def save_safetensors_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
@@ -505,23 +685,10 @@ def convert_file(
             raise ValueError(f"{source}: not a multibox checkpoint (no model_args); convert it first")
         save_safetensors_checkpoint(ckpt, out)
         return f"{source} -> {out} (safetensors, {len(ckpt['model'])} tensors)"
-    sd = load_state_dict_file(source)
-    layout = layout or detect_layout(sd)
-    if layout not in CONVERTERS:
-        raise ValueError(f"unknown layout {layout!r}; known: {sorted(CONVERTERS)}")
-    converter = CONVERTERS[layout]
-    accepted = inspect.signature(converter).parameters
-    options = {k: v for k, v in kwargs.items() if v is not None}
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"layout {layout!r} takes no option(s) {unknown}")
-    try:
-        converted = converter(sd, **options)
-    except ConversionError as e:
-        raise ConversionError(f"{source}: {e}") from e
+    converted = _convert(load_state_dict_file(source), layout, source, **kwargs)
     ckpt = converted.checkpoint()
     if out.suffix == ".safetensors":
         save_safetensors_checkpoint(ckpt, out)
     else:
         save_checkpoint(out, ckpt)
-    return f"{source} ({layout}) -> {out}: {'; '.join(converted.notes)}"
+    return f"{source} ({converted.source}) -> {out}: {'; '.join(converted.notes)}"
