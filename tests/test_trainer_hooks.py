@@ -142,3 +142,21 @@ def test_optimizer_groups_backbone_multiplier_and_adamw():
     adamw = build_optimizer(model, TrainConfig(optimizer="adamw", momentum=0.8))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.8, 0.999)
     assert not math.isnan(adamw.param_groups[0]["lr"])
+
+
+def test_training_skips_an_unreadable_image_and_reports_it(tmp_path):
+    from multibox.data import DatasetWarning, ShapesDataset, write_voc
+
+    root = tmp_path / "voc"
+    write_voc(ShapesDataset(8, 64, seed=3), root, split="train")
+    bad = sorted((root / "JPEGImages").glob("*.png"))[2]
+    data = bytearray(bad.read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: the header reads fine, decoding finds it
+    bad.write_bytes(bytes(data))
+    sets = tiny_overrides(tmp_path / "run", steps=4, **{"data.kind": "voc", "data.root": str(root)})
+    sets.append("data.train_split=train")
+    with pytest.warns(DatasetWarning, match=bad.name):
+        result = train(load_config("ssd_tiny_shapes", sets), progress=False)
+    # 4 steps of 4 images over 8 images: every image is drawn twice, the bad one skipped both times
+    assert result.step == 4 and result.skipped_images == 2
+    assert torch.isfinite(torch.tensor(result.last_loss["loss"]))

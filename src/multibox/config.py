@@ -69,6 +69,8 @@ class DataConfig:
         expand_ratio: the zoom-out's largest side ratio (4 in the paper; 1 disables zoom-out).
         photometric: include the photometric distortion.
         num_workers: DataLoader workers.
+        on_error: an image that cannot be read (truncated, corrupt, missing): ``skip`` it with a warning naming
+            the file (the batch is one smaller; the run reports how many were skipped) or ``raise`` (stop the run).
     """
 
     kind: Literal["voc", "coco", "shapes"] = "shapes"
@@ -88,6 +90,7 @@ class DataConfig:
     expand_ratio: float = 4.0
     photometric: bool = True
     num_workers: int = 2
+    on_error: Literal["skip", "raise"] = "skip"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_dataset(cfg: DataConfig, split: str, image_size: int | tuple[int, int] | None = None) -> Any:
+def build_dataset(
+    cfg: DataConfig,
+    split: str,
+    image_size: int | tuple[int, int] | None = None,
+    classes: tuple[str, ...] | list[str] | None = None,
+) -> Any:
     """The raw dataset (uint8 images, pixel boxes) of ``split`` (``train`` or ``val``).
+
+    Args:
+        cfg: the data config; ``data.on_error`` says whether an unreadable image is skipped with a warning (its
+            item is then None and the batch smaller) or stops the run.
+        split: ``train`` or ``val``.
+        image_size: the shapes set's image size.
+        classes: the class names, in label order, to read a VOC set with (e.g. the training set's, so that a
+            validation split lacking a class still numbers the others alike); default ``data.classes``.
 
     Raises:
         ValueError: a required path of the config is missing (the message names the key to set).
@@ -43,15 +56,16 @@ def build_dataset(cfg: DataConfig, split: str, image_size: int | tuple[int, int]
         return data.VOCDetection(
             cfg.root,
             split=cfg.train_split if split == "train" else cfg.val_split,
-            classes=cfg.classes,
+            classes=tuple(classes) if classes is not None else cfg.classes,
             keep_difficult=cfg.keep_difficult or split == "val",
+            on_error=cfg.on_error,
         )
     images = cfg.train_images if split == "train" else cfg.val_images
     ann = cfg.train_annotations if split == "train" else cfg.val_annotations
     if not images or not ann:
         raise ValueError(f"data.{split}_images and data.{split}_annotations must be set for a COCO dataset")
     # Crowd regions are no training targets, but evaluation must see them (COCOeval ignores matches to them).
-    return data.COCODetection(images, ann, include_crowd=split == "val")
+    return data.COCODetection(images, ann, include_crowd=split == "val", on_error=cfg.on_error)
 
 
 def build_model(cfg: ModelConfig, num_classes: int, **overrides: Any) -> nn.Module:

@@ -41,14 +41,20 @@ class _EvalItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any], int]:
-        image, target = self.dataset[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any], int] | None:
+        item = self.dataset[i]
+        if item is None:  # an unreadable image the reader skipped (it warned)
+            return None
+        image, target = item
         h, w = image.shape[-2:]
         x, _, _ = self.transform(image, target["boxes"], target["labels"], None)
         return x, target, (int(h), int(w))
 
 
-def _collate(batch: list[Any]) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]]:
+def _collate(batch: list[Any]) -> tuple[torch.Tensor, list[dict[str, Any]], list[tuple[int, int]]] | None:
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch], [b[2] for b in batch]
 
 
@@ -101,7 +107,10 @@ def predict_dataset(
     dets: list[Detections] = []
     targets: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for images, tgts, sizes in loader:
+    for batch in loader:
+        if batch is None:
+            continue
+        images, tgts, sizes = batch
         images = images.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -128,10 +137,10 @@ def preprocessed_images(model: nn.Module, dataset: Dataset, n: int) -> torch.Ten
 
     pre = model.preprocess
     items = _EvalItems(dataset, eval_transform(pre.image_size, pre.mean, pre.std))
-    n = min(n, len(items))
-    if n < 1:
-        raise ValueError("no images to take: the dataset is empty or n < 1")
-    return torch.stack([items[i][0] for i in range(n)])
+    taken = [item[0] for item in (items[i] for i in range(min(n, len(items)))) if item is not None]
+    if not taken:
+        raise ValueError("no images to take: the dataset is empty, unreadable, or n < 1")
+    return torch.stack(taken)
 
 
 class EvalOutput(dict):
@@ -211,6 +220,9 @@ def evaluate(
         dets, targets, metric=metric, iou_threshold=iou_threshold, class_names=names, out_dir=None
     )
     out["seconds"] = seconds
+    skipped = len(dataset) - len(targets)  # type: ignore[arg-type]
+    if skipped:  # unreadable images the reader skipped with a warning: the metric is over the others
+        out["skipped"] = skipped
     if out_dir is not None:
         _write(out, metric, names, Path(out_dir))
     return out

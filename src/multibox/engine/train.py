@@ -43,6 +43,8 @@ class TrainResult:
     stop_reason: str | None = None
     """Why training ended before ``max_iters`` (the time budget), or None."""
     evaluations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    skipped_images: int = 0
+    """Training images left out of their batches because they could not be read (``data.on_error=skip``)."""
 
 
 def model_args(model: nn.Module) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def _evaluator(run: TrainingRun, logger: H.MetricLogger) -> H.Evaluator | None:
     from multibox.engine.builders import build_dataset
     from multibox.engine.evaluate import evaluate
 
-    val = build_dataset(run.config.data, "val", run.config.model.image_size)
+    val = build_dataset(run.config.data, "val", run.config.model.image_size, classes=run.classes)
     fn = functools.partial(
         evaluate,
         dataset=val,
@@ -143,4 +145,5 @@ def train(
         best_checkpoint=run.out_dir / "best.pt" if evaluator and evaluator.best else None,
         stop_reason=trainer.stop_reason,
         evaluations=evaluator.history if evaluator else [],
+        skipped_images=trainer.skipped_images,
     )

@@ -62,6 +62,7 @@ class Trainer:
         stop_reason: why training stopped early (None: it ran to ``max_iters``).
         failed: the exception that ended training, if any.
         seen: images processed by all processes in this session.
+        skipped_images: images of this process's batches left out because they could not be read.
         wait_seconds: time spent waiting for batches in this session.
         start_time: ``time.perf_counter()`` when :meth:`train` started.
     """
@@ -74,6 +75,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.failed: BaseException | None = None
         self.seen = 0
+        self.skipped_images = 0
         self.wait_seconds = 0.0
         self.start_time = time.perf_counter()
         self._batches = None
@@ -95,7 +97,12 @@ class Trainer:
     def _micro_step(self, sync: bool) -> tuple[dict[str, float], int, float]:
         run, tc = self.run, self.run.config.train
         t_wait = time.perf_counter()
-        images, items = next(self._batches)
+        batch = next(self._batches)
+        while batch is None:  # every image of the micro-batch was unreadable and skipped (the reader warned)
+            self.skipped_images += run.micro_batch
+            batch = next(self._batches)
+        images, items = batch
+        self.skipped_images += run.micro_batch - images.shape[0]
         wait = time.perf_counter() - t_wait
         images = images.to(run.device, non_blocking=True)
         if tc.channels_last:
