@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
 
-from multibox.data.image_io import ImageInfo, orient_boxes, probe_image, read_image, resolve_orientation
+from multibox.data import VOCDetection
+from multibox.data.image_io import (
+    ImageInfo,
+    decode_image,
+    orient_boxes,
+    probe_image,
+    read_image,
+    resolve_orientation,
+)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -57,3 +67,48 @@ def test_unreadable_file_names_it(tmp_path) -> None:
         read_image(bad)
     with pytest.raises(OSError, match=r"missing\.png"):
         probe_image(tmp_path / "missing.png")
+
+
+def _smooth_jpeg(path: Path, size: tuple[int, int], exif_orientation: int = 1) -> None:
+    """A smooth photo-like JPEG (a 3x4 random image upsampled) of ``size = (width, height)``."""
+    low = np.random.default_rng(0).integers(0, 256, size=(3, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(low).resize(size, Image.BILINEAR)
+    kwargs = {}
+    if exif_orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif
+    img.save(path, quality=95, **kwargs)
+
+
+@pytest.mark.parametrize(("max_side", "decoded"), [(300, (400, 300)), (200, (200, 150)), (900, (1600, 1200))])
+def test_decode_image_drafts_large_jpegs_no_smaller_than_asked(tmp_path, max_side, decoded) -> None:
+    # 1600x1200: DCT scaling gives 800x600, 400x300 or 200x150; the smallest whose longer side is >= max_side wins
+    # (900: 1600 < 2 * 900, decoded whole).
+    path = tmp_path / "big.jpg"
+    _smooth_jpeg(path, (1600, 1200))
+    image, info = decode_image(path, max_side=max_side)
+    assert (image.shape[2], image.shape[1]) == decoded and info.size == (1600, 1200)
+    full = read_image(path).float()
+    small = torch.nn.functional.interpolate(full[None], size=image.shape[1:], mode="bilinear", antialias=True)[0]
+    assert (image.float() - small).abs().mean() < 3  # the same picture, smaller
+    png = tmp_path / "big.png"
+    Image.open(path).save(png)
+    assert decode_image(png, max_side=max_side)[0].shape == (3, 1200, 1600)  # only JPEGs are drafted
+
+
+def test_voc_reader_scales_boxes_to_a_drafted_image(make_voc) -> None:
+    root = make_voc([{"id": "a", "size": (1600, 1200), "objects": [("cat", 101, 201, 900, 1000)]},
+                     {"id": "b", "size": (1200, 1600), "objects": [("cat", 11, 21, 600, 800)], "exif": 6}])  # fmt: skip
+    for image_id, size, exif in (("a", (1600, 1200), 1), ("b", (1200, 1600), 6)):
+        _smooth_jpeg(root / "JPEGImages" / f"{image_id}.jpg", size, exif)
+    full = VOCDetection(root, split="train")
+    drafted = VOCDetection(root, split="train")
+    drafted.decode_max_side = 300
+    for i in range(2):
+        (im_full, t_full), (im_small, t_small) = full[i], drafted[i]
+        assert max(im_small.shape[1:]) < max(im_full.shape[1:]) and max(im_small.shape[1:]) >= 300
+        rel_full = t_full["boxes"] / torch.tensor([im_full.shape[2], im_full.shape[1]] * 2)
+        rel_small = t_small["boxes"] / torch.tensor([im_small.shape[2], im_small.shape[1]] * 2)
+        torch.testing.assert_close(rel_small, rel_full)  # the same place on the picture
+        assert torch.equal(t_small["orig_size"], t_full["orig_size"])  # still the file's size

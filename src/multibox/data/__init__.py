@@ -16,7 +16,7 @@ from multibox.data.checks import DatasetError, DatasetWarning, Issue
 from multibox.data.coco import COCODetection
 from multibox.data.image_io import read_image
 from multibox.data.loader import apply_transform, build_loader, collate, sample_seed, seed_worker
-from multibox.data.pipelines import eval_transform, train_transform
+from multibox.data.pipelines import eval_transform, train_decode_side, train_transform
 from multibox.data.shapes import SHAPE_CLASSES, ShapesDataset, write_voc
 from multibox.data.transforms import (
     Compose,
@@ -68,6 +68,7 @@ __all__ = [
     "scan_dataset",
     "seed_worker",
     "suggest_priors",
+    "train_decode_side",
     "train_transform",
     "write_voc",
 ]

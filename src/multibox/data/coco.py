@@ -23,7 +23,14 @@ from torch import Tensor
 
 from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
 from multibox.data.coco_json import coco_problems, load_coco_json, read_coco_json, usable_entries
-from multibox.data.image_io import ExifPolicy, decode_image, orient_boxes, probe_image, resolve_orientation
+from multibox.data.image_io import (
+    ExifPolicy,
+    decode_image,
+    orient_boxes,
+    probe_image,
+    resolve_orientation,
+    scale_to_decoded,
+)
 
 __all__ = ["COCODetection", "load_coco_json"]
 
@@ -60,7 +67,12 @@ class COCODetection(torch.utils.data.Dataset):
             or under ``"skip"`` the item is ``None`` with a warning (see :class:`~multibox.data.VOCDetection`).
         exif: how boxes relate to EXIF-rotated images (see :mod:`multibox.data.image_io`); resolved when an item
             is read, since probing every header of a large set up front would be slow.
+
+    Attributes:
+        decode_max_side: as :class:`~multibox.data.VOCDetection`'s (large JPEGs decoded smaller for training).
     """
+
+    decode_max_side: int | None = None
 
     def __init__(
         self,
@@ -181,13 +193,14 @@ class COCODetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
         r = self._records[index]
         try:
-            image, info = decode_image(r.image_path)  # (3, H, W) uint8, upright
+            image, info = decode_image(r.image_path, self.decode_max_side)  # (3, H, W) uint8, upright
         except OSError as exc:
             return unusable_item(repr(self), index, exc, self.on_error)
         boxes = r.boxes
         if info.orientation != 1 and resolve_orientation(info, r.size, self.exif):
             boxes = orient_boxes(boxes, info.orientation, info.stored_size)
-        return image, self._target(index, boxes, (image.shape[1], image.shape[2]))
+        w, h = info.size
+        return image, scale_to_decoded(self._target(index, boxes, (h, w)), (w, h), image)
 
     def __repr__(self) -> str:
         return f"COCODetection(images_dir={str(self.images_dir)!r}, images={len(self._records)})"

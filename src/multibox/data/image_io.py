@@ -20,6 +20,7 @@ Either way the boxes are moved into the coordinates of the upright image that :f
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "probe_image",
     "read_image",
     "resolve_orientation",
+    "scale_to_decoded",
 ]
 
 ExifPolicy = Literal["auto", "stored", "displayed"]
@@ -145,12 +147,28 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
-def decode_image(path: str | Path) -> tuple[Tensor, ImageInfo]:
+def _draft(img: Image.Image, max_side: int) -> None:
+    """Let the JPEG decoder scale its output down by 2, 4 or 8 (DCT scaling) while the longer side stays >= max_side."""
+    longer = max(img.width, img.height)
+    if img.format != "JPEG" or longer < 2 * max_side:
+        return
+    scale = max_side / longer
+    img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+
+
+def decode_image(path: str | Path, max_side: int | None = None) -> tuple[Tensor, ImageInfo]:
     """Decode an image file as :func:`read_image` does, and also return its header (:class:`ImageInfo`).
 
     A JPEG or PNG is first checked from its bytes (:func:`multibox.data.integrity.image_problem`): a truncated or
     CRC-corrupted file is refused, never read as a partial picture, whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
     says. Other formats rely on Pillow's own truncation error, which that setting turns off (a warning says so).
+
+    Args:
+        path: the image file.
+        max_side: if set, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 of its size by the JPEG
+            decoder itself (Pillow's ``draft``; several times faster than decoding it whole), never with a longer
+            side below ``max_side``. The returned :class:`ImageInfo` still holds the file's full size; scale pixel
+            boxes by the decoded size over ``info.size``.
     """
     try:
         data = read_bytes(path)  # regular files only
@@ -160,8 +178,10 @@ def decode_image(path: str | Path) -> tuple[Tensor, ImageInfo]:
         with Image.open(io.BytesIO(data)) as img:
             if ImageFile.LOAD_TRUNCATED_IMAGES and sniff_format(data[:8]) is None:
                 warnings.warn(_TRUNCATED_SETTING_WARNING.format(fmt=img.format), stacklevel=3)
-            img.load()
             info = ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)
+            if max_side is not None:
+                _draft(img, max_side)
+            img.load()
             if info.orientation != 1:
                 img = ImageOps.exif_transpose(img)
             array = _to_rgb_array(img)
@@ -169,6 +189,16 @@ def decode_image(path: str | Path) -> tuple[Tensor, ImageInfo]:
         raise OSError(f"{path}: cannot decode image: {_reason(path, exc)}") from exc
     # (H, W, 3) -> (3, H, W); a copy so that the tensor owns writable memory.
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), info
+
+
+def scale_to_decoded(target: dict, size: tuple[int, int], image: Tensor) -> dict:
+    """``target`` with its pixel ``"boxes"`` moved from an image of ``size = (width, height)`` onto ``image``
+    ``Tensor[3, h, w]`` (decoded smaller by :func:`decode_image`'s ``max_side``); unchanged when the sizes agree."""
+    h, w = image.shape[-2:]
+    if (w, h) == tuple(size):
+        return target
+    scale = torch.tensor([w / size[0], h / size[1]] * 2, dtype=target["boxes"].dtype)
+    return {**target, "boxes": target["boxes"] * scale}
 
 
 def read_image(path: str | Path) -> Tensor:

@@ -6,6 +6,7 @@ Both map ``(uint8 Tensor[3, h, w], pixel boxes Tensor[N, 4], labels)`` to ``(flo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from multibox.data.photometric import PhotometricDistort
@@ -21,7 +22,7 @@ from multibox.data.transforms import (
 )
 from multibox.data.zoom_crop import ZoomCropResize
 
-__all__ = ["eval_transform", "train_transform"]
+__all__ = ["eval_transform", "train_decode_side", "train_transform"]
 
 
 def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -29,6 +30,16 @@ def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
         return image_size, image_size
     h, w = image_size
     return int(h), int(w)
+
+
+def train_decode_side(image_size: int | Sequence[int], min_scale: float = 0.3) -> int:
+    """The longest side a training photo needs for :func:`train_transform` at ``image_size``: its smallest patch
+    (``min_scale`` of a side, :class:`~multibox.data.MinIoURandomCrop`) still has the output's resolution.
+
+    Readers decode large JPEGs down to it (their ``decode_max_side``) without losing any detail the network sees.
+    """
+    h, w = _size_pair(image_size)
+    return math.ceil(max(h, w) / min_scale)
 
 
 def train_transform(

@@ -30,7 +30,15 @@ from torch import Tensor
 
 from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
 from multibox.data.files import read_bytes, read_text, xml_encoding_hint
-from multibox.data.image_io import ExifPolicy, ImageInfo, orient_boxes, probe_image, read_image, resolve_orientation
+from multibox.data.image_io import (
+    ExifPolicy,
+    ImageInfo,
+    decode_image,
+    orient_boxes,
+    probe_image,
+    resolve_orientation,
+    scale_to_decoded,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -242,7 +250,14 @@ class VOCDetection(torch.utils.data.Dataset):
         on_error: ``"raise"`` on a file that cannot be used, or ``"skip"`` it with a warning (see above).
         exif: how boxes relate to EXIF-rotated images (``"auto"``, ``"stored"``, ``"displayed"``; see
             :mod:`multibox.data.image_io`).
+
+    Attributes:
+        decode_max_side: None, or a longer side that items need no more than (set by a training pipeline): large
+            JPEGs are then decoded at 1/2, 1/4 or 1/8 size (:func:`~multibox.data.image_io.decode_image`) with
+            their boxes scaled along (``orig_size`` stays the file's size).
     """
+
+    decode_max_side: int | None = None
 
     def __init__(
         self,
@@ -387,15 +402,15 @@ class VOCDetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
         r = self._records[index]
         try:
-            image = read_image(r.image_path)  # (3, H, W) uint8, upright
-            if (image.shape[2], image.shape[1]) != r.size:
+            image, info = decode_image(r.image_path, self.decode_max_side)  # (3, H, W) uint8, upright
+            if info.size != r.size:
                 raise OSError(
-                    f"{r.image_path}: decoded as {image.shape[2]}x{image.shape[1]} but its header said "
-                    f"{r.size[0]}x{r.size[1]} (was the file replaced?)"
+                    f"{r.image_path}: its header now says {info.size[0]}x{info.size[1]} but it said "
+                    f"{r.size[0]}x{r.size[1]} when the dataset was built (was the file replaced?)"
                 )
         except OSError as exc:
             return unusable_item(repr(self), index, exc, self.on_error)
-        return image, self.get_target(index)
+        return image, scale_to_decoded(self.get_target(index), r.size, image)
 
     def __repr__(self) -> str:
         return f"VOCDetection(root={str(self.root)!r}, split={self.split!r}, images={len(self._records)})"

@@ -170,6 +170,10 @@ def _train_dataset(config: Config, raw: Any, model: nn.Module) -> Any:
     from multibox.data.loader import TransformedDataset
 
     pre, dc = model.preprocess, config.data
+    if hasattr(raw, "decode_max_side"):  # large JPEGs decoded no larger than the augmentation can use
+        from multibox.data import train_decode_side
+
+        raw.decode_max_side = train_decode_side(pre.image_size)
     if dc.augment:
         transform = train_transform(
             pre.image_size, pre.mean, pre.std, expand_ratio=dc.expand_ratio, photometric=dc.photometric
