@@ -133,7 +133,7 @@ def test_targets_only_does_not_decode(make_voc, monkeypatch) -> None:
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded an image")
 
-    monkeypatch.setattr(voc_module, "read_image", no_decode)
+    monkeypatch.setattr(voc_module, "decode_image", no_decode)
     got = ds.targets_only()
     for a, b in zip(got, expected, strict=True):
         assert a["image_id"] == b["image_id"] and torch.equal(a["boxes"], b["boxes"])
