@@ -66,10 +66,10 @@ def test_train_eval_detect_smoke(tmp_path, capsys):
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
-    assert main(["detect", str(tmp_path / "missing.jpg"), "--weights", str(tmp_path / "w.pt")]) == 2
+    assert main(["detect", str(tmp_path / "missing.jpg"), "--weights", str(tmp_path / "w.pt")]) == 3  # a bad file
     assert "error" in capsys.readouterr().err
-    assert main(["train", "no_such_preset"]) == 2
-    assert main(["info", "no_such_model"]) == 2
+    assert main(["train", "no_such_preset"]) == 3  # neither a file nor a preset
+    assert main(["info", "no_such_model"]) == 2  # a bad argument
 
 
 def test_python_m_multibox_runs():

@@ -229,11 +229,12 @@ def test_fast_detect_matches_the_fp32_path(tmp_path):
     train(cfg, progress=False)
     model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
     val = build_dataset(cfg.data, "val", cfg.model.image_size)
+    (tmp_path / "images").mkdir()  # detect walks folders recursively: not the run's files
     for i in range(3):
-        Image.fromarray(val[i][0].permute(1, 2, 0).numpy()).save(tmp_path / f"im{i}.png")
+        Image.fromarray(val[i][0].permute(1, 2, 0).numpy()).save(tmp_path / "images" / f"im{i}.png")
     bn_before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    slow = detect(model, [tmp_path], score_thresh=0.0, draw=False)
-    fast = detect(model, [tmp_path], score_thresh=0.0, draw=False, fast=True)
+    slow = detect(model, [tmp_path / "images"], score_thresh=0.0, draw=False)
+    fast = detect(model, [tmp_path / "images"], score_thresh=0.0, draw=False, fast=True)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == bn_before > 0  # folded a copy
     assert [r["image"] for r in fast] == [r["image"] for r in slow]
 

@@ -126,7 +126,7 @@ def test_runs_without_torch(tiny_export, tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "detections in 1 images" in proc.stdout
+    assert "1 image processed" in proc.stdout
     assert json.loads((tmp_path / "detections.json").read_text())[0]["detections"]
 
 
@@ -147,4 +147,5 @@ def test_bad_models_give_clear_errors(tiny_export, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"junk\.onnx"):
         OnnxDetector(tmp_path / "junk.onnx")
-    assert main(["detect", str(tmp_path), "--onnx", str(tmp_path / "junk.onnx")]) == 2
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["detect", str(tmp_path), "--onnx", str(tmp_path / "junk.onnx")]) == 3  # a bad input file

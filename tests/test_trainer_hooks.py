@@ -29,7 +29,7 @@ def test_periodic_evaluation_keeps_the_best_checkpoint_and_logs_it(tmp_path):
     assert best_value == max(values) and best_step == [2, 4, 6][values.index(best_value)]
     best = load_checkpoint(result.best_checkpoint)
     assert best["step"] == best_step and best["metrics"] == {"mAP": best_value}
-    assert "optimizer" not in best and best["format_version"] == 1
+    assert "optimizer" not in best and best["format_version"] == 2 and len(best["model_sha256"]) == 64
     # Round trip: best.pt evaluated again gives the mAP recorded for it.
     model = model_from_checkpoint(best)
     again = evaluate(model, build_dataset(cfg.data, "val", cfg.model.image_size), batch_size=8)

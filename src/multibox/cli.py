@@ -1,13 +1,77 @@
-"""``multibox`` command line: thin adapters, one library function per verb."""
+"""``multibox`` command line: thin adapters, one library function per verb, and the one place that turns errors into
+messages for users (:func:`main`: one line naming the file, step or setting and what to do, and an exit code per
+kind of failure, :class:`ExitCode`; ``--debug`` or ``MULTIBOX_DEBUG=1`` adds the traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
-__all__ = ["build_parser", "main"]
+from multibox.cli_errors import EXIT_CODES_HELP, ExitCode, describe
+
+__all__ = ["EXIT_CODES_HELP", "ExitCode", "build_parser", "main"]
+
+
+def _short(text: str) -> str:
+    from multibox.user_input import short
+
+    return short(text)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {_short(text)}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """A probability or threshold: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {_short(text)}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {_short(text)}")
+    return value
+
+
+class _ImageSize(argparse.Action):
+    """``--image-size H [W]``: one or two positive integers."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option=None) -> None:
+        if len(values) > 2:
+            parser.error(f"argument {option}: expected H or H W, got {len(values)} values")
+        setattr(namespace, self.dest, values)
+
+
+def _image_size(p: argparse.ArgumentParser, help_: str = "H [W]") -> None:
+    p.add_argument("--image-size", type=_int_at_least(1), nargs="+", default=None, action=_ImageSize, help=help_)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its messages cut short (they quote the values given)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        from multibox.user_input import clip
+
+        super().error(clip(message, 500))
+
+
+_BENCH_PATHS = ["fp32", "channels_last", "bf16", "fp16", "compile", "int8", "onnxruntime"]
 
 EXAMPLES = {
     "demo": "example:\n  multibox demo                      # ~5 CPU minutes, writes runs/demo/\n"
@@ -36,23 +100,31 @@ EXAMPLES = {
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
+    p = sub.add_parser(
         name,
         help=help_,
         description=help_,
         epilog=EXAMPLES.get(name),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
-    p = argparse.ArgumentParser(prog="multibox", description="Single Shot MultiBox Detectors in plain PyTorch.")
+    p = _Parser(
+        prog="multibox",
+        description="Single Shot MultiBox Detectors in plain PyTorch.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also: MULTIBOX_DEBUG=1)")
     sub = p.add_subparsers(dest="verb", required=True)
 
     d = _parser(sub, "demo", "train ssd_tiny on synthetic shapes on the CPU, evaluate it and draw detections")
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--iters", type=int, default=None, help="training steps (default: the preset's)")
+    d.add_argument("--iters", type=_int_at_least(1), default=None, help="training steps (default: the preset's)")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
 
@@ -70,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for metrics.json and pr_curves.png")
     e.add_argument("--device", default="auto")
     e.add_argument("--fast", action="store_true", help="BatchNorm folded, channels_last, bf16 where supported")
-    e.add_argument("--int8", type=int, default=0, metavar="N",
+    e.add_argument("--int8", type=_int_at_least(0), default=0, metavar="N",
                    help="int8 backbone (CPU) calibrated on the first N training images (e.g. 32)")  # fmt: skip
 
     det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
@@ -79,22 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--weights", help="a multibox checkpoint")
     src.add_argument("--onnx", help="a model written by `multibox export` (runs on onnxruntime, without torch)")
     det.add_argument("--out", default="runs/detect")
-    det.add_argument("--score", type=float, default=0.3, help="lowest score reported (default 0.3)")
-    det.add_argument("--batch-size", type=int, default=8)
+    det.add_argument("--score", type=_fraction, default=0.3, help="lowest score reported, in [0, 1] (default 0.3)")
+    det.add_argument("--batch-size", type=_int_at_least(1), default=8)
     det.add_argument("--device", default="auto")
     det.add_argument("--fast", action="store_true", help="BatchNorm folded, channels_last, bf16 where supported")
+    det.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                     help="an unreadable input: skip it with a warning and go on (exit code 1 at the end), or stop "
+                     "(exit code 3) (default: skip)")  # fmt: skip
 
     x = _parser(sub, "export", "export a checkpoint to ONNX and check it against onnxruntime")
     x.add_argument("--weights", required=True, help="a multibox checkpoint")
     x.add_argument("--out", required=True, help="the .onnx file to write")
-    x.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W] (default: the checkpoint's)")
-    x.add_argument("--opset", type=int, default=17)
+    _image_size(x, "H [W] (default: the checkpoint's)")
+    x.add_argument("--opset", type=_int_at_least(13), default=17, help="ONNX opset, at least 13 (default 17)")
     x.add_argument("--raw", action="store_true", help="raw cls_logits/box_deltas outputs, no post-processing")
     x.add_argument("--static-batch", action="store_true", help="fix the batch size to 1")
-    x.add_argument("--score", type=float, default=0.01, help="score threshold in the graph (default 0.01)")
-    x.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    x.add_argument("--pre-nms-top-k", type=int, default=200)
-    x.add_argument("--top-k", type=int, default=200, help="detections per image, the output size (default 200)")
+    x.add_argument("--score", type=_fraction, default=0.01, help="score threshold in the graph (default 0.01)")
+    x.add_argument("--nms", type=_fraction, default=0.45, help="NMS IoU threshold (default 0.45)")
+    x.add_argument("--pre-nms-top-k", type=_int_at_least(1), default=200)
+    x.add_argument("--top-k", type=_int_at_least(1), default=200, help="detections per image (default 200)")
     x.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
 
     c = _parser(
@@ -114,28 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = _parser(sub, "info", "parameters, priors, feature maps and FLOPs of a registered model")
     i.add_argument("model")
-    i.add_argument("--num-classes", type=int, default=21)
-    i.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]")
+    i.add_argument("--num-classes", type=_int_at_least(2), default=21, help="incl. background (default 21)")
+    _image_size(i)
 
     b = _parser(sub, "bench", "time pre-processing, network, post-processing per inference path; accuracy guard")
     b.add_argument("model", help="registered model name (ignored with --weights)")
     b.add_argument("--weights", default=None, help="a checkpoint (trained weights make the agreement meaningful)")
-    b.add_argument("--num-classes", type=int, default=21)
-    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    b.add_argument("--paths", nargs="+", default=None, help="fp32 channels_last bf16 fp16 compile int8 onnxruntime")
+    b.add_argument("--num-classes", type=_int_at_least(2), default=21, help="incl. background (default 21)")
+    b.add_argument("--batch-sizes", type=_int_at_least(1), nargs="+", default=[1, 8])
+    b.add_argument("--paths", nargs="+", default=None, choices=_BENCH_PATHS, help=" ".join(_BENCH_PATHS))
     b.add_argument("--compile", action="store_true", help="also time torch.compile")
     b.add_argument("--onnx", action="store_true", help="also time onnxruntime (CPU; needs the export extra)")
     b.add_argument("--int8", action="store_true", help="also time the int8 backbone (CPU; calibrated on 32 images)")
-    b.add_argument("--repeat", type=int, default=7)
+    b.add_argument("--repeat", type=_int_at_least(1), default=7)
     b.add_argument("--device", default="cpu")
 
     an = _parser(sub, "anchors", "how well a model's priors cover a dataset's boxes (IoU >= 0.5), and better priors")
     an.add_argument("root", help="VOC dataset root")
     an.add_argument("--split", default=None, help="split name (default: every annotation file)")
     an.add_argument("--model", default="ssd300_vgg16")
-    an.add_argument("--image-size", type=int, nargs="+", default=None, help="H [W]")
-    an.add_argument("--priors", default=None, help="prior preset (voc300, coco300, voc512, coco512)")
-    an.add_argument("--clusters", type=int, default=6, help="k of the k-means suggestion")
+    _image_size(an)
+    an.add_argument("--priors", default=None, choices=["voc300", "coco300", "voc512", "coco512"], help="prior preset")
+    an.add_argument("--clusters", type=_int_at_least(1), default=6, help="k of the k-means suggestion")
 
     s = _parser(sub, "scan", "check a VOC dataset and report every problem at once")
     s.add_argument("root")
@@ -184,17 +259,17 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from multibox.engine.evaluate import evaluate
 
     ckpt = load_checkpoint(a.weights)
+    if a.config is None and "config" not in ckpt:
+        raise ValueError(f"{a.weights} holds no training config to take the data from; pass --config")
     if a.config is not None:
         cfg = load_config(a.config, a.overrides)
-    elif "config" in ckpt:
+    else:
         cfg = config_from_dict(ckpt["config"])
         if a.overrides:
             from multibox.config import config_to_dict
 
             cfg = load_config(None, [*_flatten(config_to_dict(cfg)), *a.overrides])
-    else:
-        raise SystemExit(f"{a.weights} holds no config; pass --config")
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, a.weights)
     data = build_dataset(cfg.data, "val", cfg.model.image_size)
     ev = cfg.eval
     calibration = None
@@ -235,25 +310,18 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 
 def _cmd_detect(a: argparse.Namespace) -> int:
+    options = {"out_dir": a.out, "batch_size": a.batch_size, "score_thresh": a.score, "on_error": a.on_error}
     if a.onnx:
         from multibox.onnx_runtime import detect_onnx
 
-        results = detect_onnx(a.onnx, a.inputs, out_dir=a.out, batch_size=a.batch_size, score_thresh=a.score)
+        results = detect_onnx(a.onnx, a.inputs, **options)
     else:
         from multibox.engine.inference import detect
 
-        results = detect(
-            a.weights,
-            a.inputs,
-            out_dir=a.out,
-            batch_size=a.batch_size,
-            score_thresh=a.score,
-            device=a.device,
-            fast=a.fast,
-        )
-    n = sum(len(r["detections"]) for r in results)
-    print(f"{n} detections in {len(results)} images; written to {a.out}/detections.json and {a.out}/*_det.jpg")
-    return 0
+        results = detect(a.weights, a.inputs, device=a.device, fast=a.fast, **options)
+    written = f"{a.out}/detections.json" + (f", {a.out}/skipped.json" if results.skipped else "")
+    print(f"{results.summary()}; written to {written} and the annotated images under {a.out}/")
+    return ExitCode.SKIPPED if results.skipped else ExitCode.OK
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
@@ -368,31 +436,53 @@ def _cmd_scan(a: argparse.Namespace) -> int:
 
 _COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench"})
 
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _cmd_demo,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "detect": _cmd_detect,
+    "export": _cmd_export,
+    "convert": _cmd_convert,
+    "info": _cmd_info,
+    "scan": _cmd_scan,
+    "anchors": _cmd_anchors,
+    "bench": _cmd_bench,
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``multibox`` command."""
+    """Entry point of the ``multibox`` command: run a verb and turn any failure into one message and an
+    :class:`ExitCode` (see :data:`EXIT_CODES_HELP`)."""
     args = build_parser().parse_args(argv)
-    if args.verb in _COMPUTE_VERBS:
-        from multibox.memory import tune_malloc
+    debug = getattr(args, "debug", False) or os.environ.get("MULTIBOX_DEBUG", "") not in ("", "0")
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _warning_printer(args.verb)
+        try:
+            if args.verb in _COMPUTE_VERBS:
+                from multibox.memory import tune_malloc
 
-        tune_malloc()  # reuse freed tensor memory instead of page-faulting it back in every step (glibc)
-    handlers = {
-        "demo": _cmd_demo,
-        "train": _cmd_train,
-        "eval": _cmd_eval,
-        "detect": _cmd_detect,
-        "export": _cmd_export,
-        "convert": _cmd_convert,
-        "info": _cmd_info,
-        "scan": _cmd_scan,
-        "anchors": _cmd_anchors,
-        "bench": _cmd_bench,
-    }
-    try:
-        return handlers[args.verb](args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"multibox {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+                tune_malloc()  # reuse freed tensor memory instead of page-faulting it back in every step (glibc)
+            return int(_HANDLERS[args.verb](args))
+        except (Exception, KeyboardInterrupt) as e:
+            code, message = describe(e, args.verb)
+            if debug:
+                traceback.print_exc()
+            print(f"multibox {args.verb}: {message}", file=sys.stderr)
+            return int(code)
+
+
+def _warning_printer(verb: str) -> Callable[..., None]:
+    """Warnings as ``multibox <verb>: warning: <message>`` lines on stderr (no source line)."""
+
+    def show(
+        message: Warning | str, category: Any, filename: str, lineno: int, file: TextIO | None = None, line: Any = None
+    ) -> None:
+        from multibox.user_input import clip
+
+        print(f"multibox {verb}: warning: {clip(str(message), 2000)}", file=file or sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -8,18 +8,20 @@ by name (``load_config("ssd300_vgg16_voc")``) or from a path. Overrides use dott
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
+from multibox.user_input import parse_yaml, short
 
 __all__ = [
     "Config",
+    "ConfigError",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
@@ -29,6 +31,50 @@ __all__ = [
     "list_presets",
     "load_config",
 ]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of its range; the message names it (``train.lr``)."""
+
+
+@dataclass(frozen=True)
+class _Range:
+    """``low <= x <= high`` (``<`` where open); None: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+    def contains(self, x: float) -> bool:
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+            return False
+        return self.high is None or (x < self.high or (not self.high_open and x == self.high))
+
+
+_POSITIVE = _Range(0, low_open=True)
+_AT_LEAST_1 = _Range(1)
+_NON_NEGATIVE = _Range(0)
+_UNIT = _Range(0, 1)  # probabilities, thresholds, factors
+
+
+def _check_ranges(obj: Any) -> None:
+    """Every float finite and every numeric field within ``obj._RANGES`` (tuples: each element)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{obj._SECTION}.{f.name}"
+        for x in value if isinstance(value, tuple) else (value,):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"{key} must be a finite number, got {x}")
+            allowed = obj._RANGES.get(f.name)
+            if allowed is not None and isinstance(x, int | float) and not allowed.contains(x):
+                raise ConfigError(f"{key} must be {allowed}, got {short(x)}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +96,12 @@ class ModelConfig:
     image_size: int | tuple[int, int] = 300
     priors: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    _SECTION: ClassVar[str] = "model"
+    _RANGES: ClassVar[dict[str, _Range]] = {"num_classes": _Range(2), "image_size": _AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -91,6 +143,15 @@ class DataConfig:
     photometric: bool = True
     num_workers: int = 2
     on_error: Literal["skip", "raise"] = "skip"
+
+    _SECTION: ClassVar[str] = "data"
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "shapes_train": _AT_LEAST_1, "shapes_val": _AT_LEAST_1, "shapes_seed": _NON_NEGATIVE,
+        "expand_ratio": _Range(1), "num_workers": _NON_NEGATIVE,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -151,6 +212,21 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     freeze_bn: bool = False
 
+    _SECTION: ClassVar[str] = "train"
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "batch_size": _AT_LEAST_1, "lr": _POSITIVE, "momentum": _Range(0, 1, high_open=True),
+        "weight_decay": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE, "warmup_factor": _UNIT,
+        "milestones": _NON_NEGATIVE, "gamma": _Range(0, 1, low_open=True), "min_lr_factor": _UNIT,
+        "max_iters": _AT_LEAST_1, "epochs": _AT_LEAST_1, "grad_accum": _AT_LEAST_1, "clip_grad_norm": _POSITIVE,
+        "seed": _NON_NEGATIVE, "log_every": _AT_LEAST_1, "ckpt_every": _NON_NEGATIVE, "eval_every": _NON_NEGATIVE,
+        "max_minutes": _POSITIVE, "backbone_lr_mult": _NON_NEGATIVE,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        if not self.out_dir:
+            raise ConfigError("train.out_dir must not be empty")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -168,6 +244,15 @@ class EvalConfig:
     iou_threshold: float = 0.5
     metric: Literal["voc07", "voc", "coco"] = "voc07"
     batch_size: int = 16
+
+    _SECTION: ClassVar[str] = "eval"
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "score_thresh": _UNIT, "nms_thresh": _UNIT, "pre_nms_top_k": _AT_LEAST_1, "top_k": _AT_LEAST_1,
+        "iou_threshold": _Range(0, 1, low_open=True), "batch_size": _AT_LEAST_1,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -189,38 +274,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, where)
-            except (TypeError, ValueError) as e:
-                errors.append(str(e))
-        raise ValueError(f"{where}: {value!r} does not fit {tp}")
+            except (TypeError, ValueError):
+                pass
+        raise ConfigError(f"{where}: {short(value)} does not fit {tp}")
     if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        if not isinstance(value, str | int) or value not in args:
+            raise ConfigError(f"{where}: {short(value)} is not one of {list(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], where) for v in value)
         if len(args) != len(value):
-            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {short(value)}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {short(value)}")
         return dict(value)
+    return _coerce_scalar(value, tp, where)
+
+
+def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {short(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {short(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
@@ -229,38 +317,45 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {short(value)}")
         return value
     raise TypeError(f"{where}: unsupported type {tp}")
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+        what = f"section {where!r}" if where else "the config"
+        raise ConfigError(f"{what} must be a mapping of key: value, got {short(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {short(unknown, 200)}; known: {sorted(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
         key = f"{where}.{f.name}" if where else f.name
         if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], data[f.name] or {}, key)
+            # An empty section (``train:``, YAML null) means its defaults; anything else must be a mapping.
+            kwargs[f.name] = _build(hints[f.name], {} if data[f.name] is None else data[f.name], key)
         else:
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
     return cls(**kwargs)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from nested mappings; unknown keys and wrong types raise ``ValueError``."""
-    return _build(Config, data or {}, "")
+    """Build a :class:`Config` from nested mappings (None: the defaults).
+
+    Raises:
+        ConfigError: unknown keys, wrong types, values out of range, or a section that is not a mapping (the message
+            names the setting).
+    """
+    return _build(Config, {} if data is None else data, "")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -291,42 +386,52 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+            raise ConfigError(f"override {short(dotted)}: {short(k)} is not a section")
     node[keys[-1]] = value
+
+
+def _read_config_file(name_or_path: str | Path) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.is_file():
+        preset = _preset_dir() / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            presets = list_presets()
+            raise FileNotFoundError(f"no config file or preset named {short(str(name_or_path))}; presets: {presets}")
+        path = preset
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Notepad) is accepted
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from e
+    try:
+        tree = parse_yaml(text, str(path))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, train:, eval:)")
+    return tree
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """Load a preset by name or a YAML file by path, then apply ``key.sub=value`` overrides.
 
-    Override values are parsed as YAML (``train.lr=2e-3``, ``model.image_size=[256,256]``, ``data.root=/x``).
+    Override values are parsed as YAML (``train.lr=2e-3``, ``model.image_size=[256,256]``, ``data.root=/x``),
+    without aliases; a file's aliases may expand to at most :data:`MAX_YAML_NODES` values.
 
     Raises:
         FileNotFoundError: the name is neither a preset nor a file (the message lists the presets).
-        ValueError: unknown keys, wrong types, or a malformed override (the message names the key).
+        ConfigError: (a ``ValueError``) the file is not UTF-8 YAML, unknown keys, wrong types, values out of range,
+            or a malformed override (the message names the file or the key).
     """
-    tree: dict[str, Any] = {}
-    if name_or_path is not None:
-        path = Path(name_or_path)
-        if not path.is_file():
-            preset = _preset_dir() / f"{name_or_path}.yaml"
-            if not preset.is_file():
-                raise FileNotFoundError(
-                    f"no config file or preset named {str(name_or_path)!r}; presets: {list_presets()}"
-                )
-            path = preset
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(tree, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
+    tree = _read_config_file(name_or_path) if name_or_path is not None else {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {short(item)} must look like section.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: cannot parse the value: {e}") from e
+            value = parse_yaml(raw, f"override {short(key.strip())}", aliases=False)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         _set(tree, key.strip(), value)
     return config_from_dict(tree)

@@ -16,29 +16,27 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from multibox.files import DetectionResults, OnError, find_images, run_detection
+
 __all__ = [
-    "IMAGE_SUFFIXES",
     "ExportMismatchError",
     "OnnxDetector",
     "OnnxMetadata",
+    "OnnxModelError",
     "compare_detections",
     "detect_onnx",
-    "detection_record",
     "prepare_image",
     "read_image_array",
     "read_metadata",
 ]
-
-#: File suffixes read from a folder (as :data:`multibox.engine.inference.IMAGE_SUFFIXES`).
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 # Default tolerances of compare_detections: boxes are in [0, 1], scores are probabilities.
 BOX_ATOL = 1e-4
@@ -47,6 +45,11 @@ SCORE_ATOL = 1e-5
 
 class ExportMismatchError(ValueError):
     """onnxruntime's outputs differ from PyTorch's."""
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file that cannot be used for detection (unreadable, no multibox metadata, raw outputs); the message
+    names the file."""
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,12 @@ def read_metadata(props: Mapping[str, str], source: str = "the ONNX file") -> On
     """Parse the ``metadata_props`` (``{key: JSON}``) of a file exported by :func:`multibox.export_onnx`.
 
     Raises:
-        ValueError: a key is missing or malformed (the message names ``source`` and the key).
+        OnnxModelError: (a ``ValueError``) a key is missing or malformed (the message names ``source`` and the key).
     """
     required = ("image_size", "mean", "std", "num_classes", "with_postprocess", "score_thresh", "top_k")
     missing = [k for k in required if k not in props]
     if missing:
-        raise ValueError(
+        raise OnnxModelError(
             f"{source} has no multibox metadata {missing}: export it with `multibox export` (or "
             f"multibox.export_onnx), which records the preprocessing the model needs"
         )
@@ -118,7 +121,7 @@ def read_metadata(props: Mapping[str, str], source: str = "the ONNX file") -> On
             model=str(v.get("model", "")),
         )
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: malformed multibox metadata ({e})") from e
+        raise OnnxModelError(f"{source}: malformed multibox metadata ({e})") from e
 
 
 def read_image_array(path: str | Path) -> np.ndarray:
@@ -198,10 +201,10 @@ class OnnxDetector:
         try:
             self.session = ort.InferenceSession(str(self.path), providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise ValueError(f"{self.path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
+            raise OnnxModelError(f"{self.path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         if not self.meta.with_postprocess:
-            raise ValueError(
+            raise OnnxModelError(
                 f"{self.path} returns raw outputs (exported without post-processing); detection needs a model "
                 f"exported with it (the default of `multibox export`)"
             )
@@ -221,51 +224,6 @@ class OnnxDetector:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given and the image files inside given folders (sorted, case-insensitive suffixes).
-
-    Raises:
-        FileNotFoundError: an input does not exist, or nothing to read was found.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"no images found in {[str(i) for i in inputs]}")
-    return files
-
-
-def detection_record(image: str | Path, width: int, height: int, det: Any, names: Sequence[str]) -> dict[str, Any]:
-    """The JSON record of one image's detections (boxes in its pixels), shared by the torch and onnxruntime paths.
-
-    Args:
-        image: the image file.
-        width, height: its size in pixels.
-        det: anything with ``boxes [N, 4]``, ``scores [N]``, ``labels [N]`` that have ``tolist()`` (tensors, arrays).
-        names: foreground class names (``names[label - 1]``).
-    """
-    return {
-        "image": str(image),
-        "width": int(width),
-        "height": int(height),
-        "detections": [
-            {
-                "box": [round(float(v), 2) for v in box],
-                "score": round(float(score), 4),
-                "label": int(label),
-                "class": names[label - 1] if 0 < label <= len(names) else str(label),
-            }
-            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True)
-        ],
-    }
-
-
 def detect_onnx(
     model: str | Path | OnnxDetector,
     inputs: Sequence[str | Path],
@@ -275,22 +233,28 @@ def detect_onnx(
     batch_size: int = 8,
     score_thresh: float = 0.3,
     draw: bool = True,
-) -> list[dict[str, Any]]:
+    on_error: OnError = "skip",
+) -> DetectionResults:
     """Detect objects in image files with an exported model, like :func:`multibox.engine.inference.detect`.
 
     Args:
         model: the ``.onnx`` file (or an :class:`OnnxDetector`).
-        inputs: image files and/or folders of images.
-        out_dir: writes ``detections.json`` and, with ``draw``, one annotated image per input.
+        inputs: image files and/or folders of images (see :mod:`multibox.files`).
+        out_dir: writes ``detections.json``, ``skipped.json`` (when some input was skipped) and, with ``draw``, one
+            annotated picture per image.
         class_names: overrides the names in the file's metadata.
         batch_size: images per run (a graph exported with a fixed batch size runs with that one).
         score_thresh: the lowest score reported (strictly above, as :func:`multibox.postprocess`); the graph
             itself already dropped scores at or below its exported ``score_thresh``.
+        on_error: ``skip`` an unreadable input with a warning, or ``raise``.
 
     Returns:
         Per image ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2] (pixels of the original
-        image), "score", "label", "class"}]}``.
+        image), "score", "label", "class"}], "output"}``, and ``skipped`` (a :class:`~multibox.files.DetectionResults`).
     """
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+    found = find_images(inputs, exclude=out_dir)
     det = model if isinstance(model, OnnxDetector) else OnnxDetector(model)
     names = list(class_names) if class_names is not None else list(det.meta.class_names)
     if score_thresh < det.meta.score_thresh:
@@ -299,36 +263,26 @@ def detect_onnx(
             f"lower scores are not in the graph's output",
             stacklevel=2,
         )
-    files = expand_inputs(inputs)
-    batch_size = det.fixed_batch or batch_size
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        images = [read_image_array(f) for f in chunk]
+
+    def detect_batch(images: list[np.ndarray]) -> list[tuple[int, int, _Detections]]:
         batch = np.stack([det.preprocess(im) for im in images])
-        if det.fixed_batch and len(chunk) < det.fixed_batch:  # pad the last chunk of a fixed-batch graph
-            batch = np.concatenate([batch, np.zeros((det.fixed_batch - len(chunk), *batch.shape[1:]), np.float32)])
+        if det.fixed_batch and len(images) < det.fixed_batch:  # pad the last chunk of a fixed-batch graph
+            batch = np.concatenate([batch, np.zeros((det.fixed_batch - len(images), *batch.shape[1:]), np.float32)])
         y = det(batch)
-        for i, (f, im) in enumerate(zip(chunk, images, strict=True)):
+        out = []
+        for i, im in enumerate(images):
             h, w = im.shape[:2]
             n = int(y["num_detections"][i])
             scores = y["scores"][i, :n]
             sel = scores > score_thresh
-            px = _Detections(
-                y["boxes"][i, :n][sel] * np.asarray([w, h, w, h], np.float32), scores[sel], y["labels"][i, :n][sel]
-            )
-            results.append(detection_record(f, w, h, px, names))
-            if out is not None and draw:
-                from multibox.viz import draw_detections
+            boxes = y["boxes"][i, :n][sel] * np.asarray([w, h, w, h], np.float32)
+            out.append((w, h, _Detections(boxes, scores[sel], y["labels"][i, :n][sel])))
+        return out
 
-                image = Image.fromarray(im, "RGB")
-                draw_detections(image, px, names, score_thresh).save(out / f"{f.stem}_det.jpg", quality=90)
-    if out is not None:
-        (out / "detections.json").write_text(json.dumps(results, indent=2))
-    return results
+    return run_detection(
+        found, read_image_array, detect_batch, batch_size=det.fixed_batch or batch_size, names=names,
+        out_dir=out_dir, draw=draw, score_thresh=score_thresh, on_error=on_error,
+    )  # fmt: skip
 
 
 def compare_detections(

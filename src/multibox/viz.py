@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:  # torch is imported only to convert a tensor: drawing works without it (multibox.onnx_runtime)
@@ -22,10 +23,14 @@ PALETTE = [
 ]  # fmt: skip
 
 
-def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
-    """A uint8 ``Tensor[3, H, W]`` RGB (or a PIL image) as a PIL RGB image."""
+def to_pil(image: torch.Tensor | np.ndarray | Image.Image) -> Image.Image:
+    """A uint8 ``Tensor[3, H, W]`` RGB (or a uint8 array ``[H, W, 3]`` RGB, or a PIL image) as a PIL RGB image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 array [H, W, 3], got {image.dtype} {image.shape}")
+        return Image.fromarray(image, "RGB")
     import torch
 
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
@@ -34,7 +39,7 @@ def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
 
 
 def draw_detections(
-    image: torch.Tensor | Image.Image,
+    image: torch.Tensor | np.ndarray | Image.Image,
     det: Detections,
     class_names: Sequence[str] | None = None,
     score_thresh: float = 0.3,

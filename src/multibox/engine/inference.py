@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -13,17 +12,17 @@ from torch import nn
 
 from multibox.engine.builders import model_from_checkpoint, resolve_device
 from multibox.engine.checkpoint import load_checkpoint
-from multibox.onnx_runtime import IMAGE_SUFFIXES, detection_record, expand_inputs
+from multibox.files import DetectionResults, OnError, find_images, run_detection
 from multibox.postprocess import postprocess
 from multibox.structures import Detections
 
-__all__ = ["IMAGE_SUFFIXES", "detect", "expand_inputs", "load_detector", "model_info"]
+__all__ = ["detect", "load_detector", "model_info"]
 
 
 def load_detector(weights: str | Path) -> tuple[nn.Module, list[str]]:
     """A model and its class names from a multibox checkpoint."""
     ckpt = load_checkpoint(weights)
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, weights)
     classes = list(ckpt.get("classes", []))
     return model, classes
 
@@ -42,27 +41,40 @@ def detect(
     device: str = "auto",
     draw: bool = True,
     fast: bool = False,
-) -> list[dict[str, Any]]:
-    """Detect objects in image files, in batches.
+    on_error: OnError = "skip",
+) -> DetectionResults:
+    """Detect objects in image files, in batches; a file that cannot be read is skipped with a warning.
 
     Args:
         weights: a checkpoint path (or an already built model).
-        inputs: image files and/or folders of images.
-        out_dir: writes ``detections.json`` and, with ``draw``, one annotated image per input.
+        inputs: image files and/or folders of images (walked recursively; see :mod:`multibox.files` for what is
+            read, what is reported as skipped and what is ignored).
+        out_dir: writes ``detections.json``, ``skipped.json`` (when some input was skipped) and, with ``draw``, one
+            annotated picture per image at its path relative to the folder it was found in (``a/x.jpg`` ->
+            ``a/x_det.jpg``).
         class_names: overrides the checkpoint's class names.
         batch_size: images per forward pass.
         score_thresh: the lowest score reported.
         fast: run the fastest eager path (:func:`multibox.engine.bench.fast_path`: BatchNorm folded, channels_last,
             bf16 autocast where supported); check it with ``multibox bench`` first.
+        on_error: ``skip`` an unreadable input with a :class:`~multibox.files.SkippedInputWarning`, or ``raise``
+            :class:`~multibox.files.BadInputError`.
 
     Returns:
         Per image ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2] (pixels of the original
-        image), "score", "label", "class"}]}``.
+        image), "score", "label", "class"}], "output"}`` (a :class:`~multibox.files.DetectionResults` list whose
+        ``skipped`` lists the inputs skipped and why).
+
+    Raises:
+        FileNotFoundError: no image file among ``inputs``.
+        ValueError: ``batch_size`` < 1 or ``score_thresh`` outside [0, 1].
     """
     from multibox.data import eval_transform, read_image
     from multibox.engine.evaluate import scale_detections
-    from multibox.viz import draw_detections
 
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+    found = find_images(inputs, exclude=out_dir)
     if isinstance(weights, nn.Module):
         model, names = weights, list(class_names or [])
     else:
@@ -77,31 +89,25 @@ def detect(
 
         net, ctx, channels_last, _ = fast_path(model, dev)
     transform = eval_transform(pre.image_size, pre.mean, pre.std)
-    files = expand_inputs(inputs)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        images = [read_image(f) for f in chunk]
-        empty = torch.zeros(0, 4)
-        batch = torch.stack([transform(im, empty, torch.zeros(0, dtype=torch.int64), None)[0] for im in images])
-        batch = batch.to(dev)
+    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+
+    def detect_batch(images: list[torch.Tensor]) -> list[tuple[int, int, Detections]]:
+        batch = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in images]).to(dev)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with ctx():
             pred = net(batch)
         dets = postprocess(pred, model.priors.to(dev), score_thresh=score_thresh, nms_thresh=nms_thresh, top_k=top_k)
-        for f, im, d in zip(chunk, images, dets, strict=True):
+        out = []
+        for im, d in zip(images, dets, strict=True):
             h, w = im.shape[-2:]
-            px = Detections(*(t.cpu() for t in scale_detections(d, h, w)))
-            results.append(detection_record(f, w, h, px, names))
-            if out is not None and draw:
-                draw_detections(im, px, names, score_thresh).save(out / f"{f.stem}_det.jpg", quality=90)
-    if out is not None:
-        (out / "detections.json").write_text(json.dumps(results, indent=2))
-    return results
+            out.append((w, h, Detections(*(t.cpu() for t in scale_detections(d, h, w)))))
+        return out
+
+    return run_detection(
+        found, read_image, detect_batch, batch_size=batch_size, names=names, out_dir=out_dir, draw=draw,
+        score_thresh=score_thresh, on_error=on_error,
+    )  # fmt: skip
 
 
 def model_info(model: nn.Module) -> dict[str, Any]:

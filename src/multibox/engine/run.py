@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from multibox.config import Config
-from multibox.engine.builders import build_dataset, build_model, build_optimizer, resolve_device
+from multibox.engine.builders import build_dataset, build_model, build_optimizer, load_model_state, resolve_device
 from multibox.engine.checkpoint import load_checkpoint, restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
@@ -160,7 +160,7 @@ def _num_classes(config: Config, classes: tuple[str, ...]) -> int:
 def _init_from(model: nn.Module, path: str, name: str) -> None:
     init = load_checkpoint(path)
     state = init.get("model", init)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_model_state(model, state, path, strict=False)
     if unexpected or len(missing) == len(model.state_dict()):
         raise ValueError(f"{path}: weights do not fit {name} (unexpected {unexpected[:5]})")
 

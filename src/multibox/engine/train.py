@@ -8,8 +8,10 @@ the data, optimizer, schedule, resume state, DDP), :mod:`multibox.engine.trainer
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,11 @@ from torch import nn
 
 from multibox.config import Config, config_to_dict
 from multibox.engine import hooks as H
+from multibox.engine.lock import RunLockedError, lock_out_dir
 from multibox.engine.run import TrainingRun, build_run
 from multibox.engine.trainer import Hook, NonFiniteLossError, Trainer, autocast_context
 
-__all__ = ["NonFiniteLossError", "TrainResult", "autocast_context", "model_args", "train"]
+__all__ = ["NonFiniteLossError", "RunLockedError", "TrainResult", "autocast_context", "model_args", "train"]
 
 
 @dataclass
@@ -109,7 +112,27 @@ def train(
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the message names the step and image ids).
+        RunLockedError: another training run uses ``train.out_dir`` (see :mod:`multibox.engine.lock`; under DDP
+            rank 0 holds the lock).
     """
+    with lock_out_dir(config.train.out_dir) if _rank() == 0 else contextlib.nullcontext():
+        return _train(config, resume, progress, callbacks, log)
+
+
+def _rank() -> int:
+    """This process's DDP rank (before the process group exists: torchrun's ``RANK``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _train(
+    config: Config,
+    resume: str | Path | None,
+    progress: bool,
+    callbacks: Sequence[Callable[[int, dict[str, float]], None]],
+    log: Callable[[str], None] | None,
+) -> TrainResult:
     run = build_run(config, resume=resume)
     tc = config.train
     try:
