@@ -291,13 +291,15 @@ def test_folding_batch_norms_keeps_the_function(name: str) -> None:
     model = calibrated(model, batch=4)
     with pytest.raises(ValueError, match="eval"):
         fold_batch_norms(model.train())
-    model.eval()
+    # In float64: those variances amplify float32 rounding through the 16-21 blocks of EfficientNet-Lite up to the
+    # tolerance (and through MobileNetV3's for some seeds); the comparison is about the fold, not the rounding.
+    model.eval().double()
     folded = fold_batch_norms(model)
     # Every BatchNorm follows the conv it normalises (the convention fold_batch_norms relies on).
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, nn.Identity) for m in folded.modules()) == norms
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
-    x = torch.randn(2, 3, *model.image_size)
+    x = torch.randn(2, 3, *model.image_size, dtype=torch.float64)
     with torch.no_grad():
         want, got = model(x), folded(x)
     for a, b in zip(got, want, strict=True):

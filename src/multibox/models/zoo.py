@@ -30,6 +30,8 @@ Builder = TypeVar("Builder", bound=Callable[..., SSD])
 
 _REGISTRY: dict[str, Callable[..., SSD]] = {}
 _CONFIG_KEYS = ("name", "num_classes", "image_size", "overrides", "preprocess")
+# A builder argument that loads pretrained backbone weights: recorded always, never honoured by a rebuild.
+_PRETRAINED = "pretrained"
 
 
 def _to_plain(value: Any) -> Any:
@@ -78,7 +80,8 @@ def register_model(fn: Builder | None = None, *, name: str | None = None) -> Any
     """Register a builder under ``name`` (default: the function's name). Use as ``@register_model``.
 
     The builder's first parameter must be ``num_classes``. The registered (and returned) function validates
-    ``num_classes`` and records the name and the explicitly given arguments on the model for ``config_dict()``.
+    ``num_classes`` and records the name and the explicitly given arguments on the model for ``config_dict()``;
+    a ``pretrained`` parameter is recorded with its value even when left at its default.
 
     Raises:
         ValueError: if the name is taken.
@@ -101,6 +104,10 @@ def register_model(fn: Builder | None = None, *, name: str | None = None) -> Any
             model.overrides = {
                 k: _to_plain(v) for k, v in bound.arguments.items() if k not in ("num_classes", "image_size")
             }
+            if _PRETRAINED in signature.parameters:  # recorded even when defaulted: how this backbone started
+                model.overrides[_PRETRAINED] = bool(
+                    bound.arguments.get(_PRETRAINED, signature.parameters[_PRETRAINED].default)
+                )
             return model
 
         _REGISTRY[key] = build
@@ -123,7 +130,8 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> SSD:
         **overrides: builder arguments that replace the paper's defaults, e.g. ``image_size=(300, 400)``.
 
     Returns:
-        The model, freshly initialised (no pretrained weights).
+        The model, freshly initialised; builders with a ``pretrained`` parameter (EfficientNet-Lite) load ImageNet
+        backbone weights unless given ``pretrained=False``.
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones), a bad ``num_classes``, an unknown
@@ -143,6 +151,10 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> SSD:
 def create_model_from_config(config: Mapping[str, Any]) -> SSD:
     """Rebuild a model from ``model.config_dict()`` (e.g. read back from a checkpoint).
 
+    The rebuilt model is there to receive saved weights, so pretrained weights are never loaded: a builder with a
+    ``pretrained`` parameter gets ``pretrained=False`` whatever the config records (which is how the original
+    model's backbone started), and needs no weights package.
+
     Raises:
         ValueError: for missing or unknown keys, or anything :func:`create_model` rejects.
     """
@@ -151,4 +163,7 @@ def create_model_from_config(config: Mapping[str, Any]) -> SSD:
     if missing or unknown:
         raise ValueError(f"bad model config: missing keys {missing}, unknown keys {unknown}; keys are {_CONFIG_KEYS}")
     overrides = dict(config.get("overrides") or {})
+    builder = _REGISTRY.get(config["name"])
+    if builder is not None and _PRETRAINED in inspect.signature(builder).parameters:
+        overrides[_PRETRAINED] = False
     return create_model(config["name"], config["num_classes"], image_size=tuple(config["image_size"]), **overrides)
