@@ -16,10 +16,12 @@ from PIL import Image
 from multibox import export_onnx
 from multibox.cli import main
 from multibox.data import eval_transform, read_image
+from multibox.engine.bench import path_agreement
 from multibox.engine.checkpoint import save_checkpoint
 from multibox.engine.inference import detect
 from multibox.models import create_model
 from multibox.onnx_runtime import OnnxDetector, compare_detections, detect_onnx, prepare_image, read_image_array
+from multibox.structures import Detections
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -77,7 +79,14 @@ def test_preprocessing_equals_eval_transform(size):
         torch.from_numpy(image).permute(2, 0, 1), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), None
     )[0]
     assert ours.shape == (3, 64, 96) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, reference.numpy(), atol=2e-4)  # Pillow's float filter vs torch's antialias
+    # Pillow's uint8 resize vs torch's: the same filter, their fixed-point rounding at most one level apart.
+    levels = np.abs(ours - reference.numpy()) * np.asarray(std, np.float32).reshape(3, 1, 1)
+    assert levels.max() < 1 + 1e-3 and levels.mean() < 0.25
+
+
+def _as_detections(records: list[dict]) -> Detections:
+    boxes = torch.tensor([d["box"] for d in records], dtype=torch.float32).reshape(-1, 4)
+    return Detections(boxes, torch.tensor([d["score"] for d in records]), torch.tensor([d["label"] for d in records]))
 
 
 def test_detect_onnx_equals_detect(tiny_export):
@@ -96,6 +105,12 @@ def test_detect_onnx_equals_detect(tiny_export):
                 "num_detections": np.array([len(dets)]),
             }
 
+        if (r["width"], r["height"]) == (90, 120):
+            # Downscaled: the input differs by up to one level (Pillow's uint8 resize vs torch's), which moves an
+            # untrained model's boxes by hundredths of a pixel and reorders its 200 near-equal detections at the cut.
+            a, b = (_as_detections(x["detections"]) for x in (r, g))
+            assert path_agreement([a], [b]) > 0.98
+            continue
         # The JSON rounds boxes to 0.01 px and scores to 1e-4.
         compare_detections(padded(r["detections"]), padded(g["detections"]), box_atol=0.02, score_atol=2e-4)
         assert {d["class"] for d in g["detections"]} <= {"circle", "square"}

@@ -250,7 +250,8 @@ def test_detect_policy_raise_and_nothing_readable(messy_folder, tiny_ckpt, tmp_p
     args = ["--weights", str(tiny_ckpt), "--out", str(tmp_path / "o")]
     assert main(["detect", str(root / "trunc.jpg"), *args, "--on-error", "raise"]) == ExitCode.BAD_INPUT == 3
     line = _error_line(capsys, "detect")
-    assert f"{root / 'trunc.jpg'}: cannot decode (image file is truncated" in line and "--on-error skip" in line
+    assert f"{root / 'trunc.jpg'}: cannot decode (truncated: the JPEG has no end-of-image marker" in line
+    assert "--on-error skip" in line
     # Only undecodable files: processed none, reported both, exit 1; nothing at all to read: exit 3.
     assert main(["detect", str(root / "trunc.jpg"), str(root / "junk.png"), *args]) == 1
     assert "0 images processed (0 detections); 2 skipped (2 cannot decode)" in capsys.readouterr().out
@@ -311,8 +312,11 @@ def test_a_worker_error_arrives_unwrapped(tmp_path, capsys):
 
     write_voc(ShapesDataset(8, 64, seed=3), tmp_path / "voc", "train")
     bad = sorted((tmp_path / "voc" / "JPEGImages").iterdir())[0]
-    bad.write_bytes(bad.read_bytes()[:200])  # the header survives, the pixels do not
+    data = bytearray(bad.read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: the header reads fine, decoding finds it
+    bad.write_bytes(bytes(data))
     extra = {"data.kind": "voc", "data.root": str(tmp_path / "voc"), "data.num_workers": 1, "data.train_split": "train"}
+    extra["data.on_error"] = "raise"  # (the default, skip, would warn and train on without it)
     assert main(_train_args(tmp_path / "run", **extra)) == ExitCode.BAD_INPUT == 3
     line = _error_line(capsys, "train")
     assert line.startswith(f"multibox train: error: {bad}: cannot decode image: ")

@@ -4,8 +4,8 @@ The ONNX file written by :func:`multibox.export_onnx` carries what is needed to 
 (:func:`read_metadata`): the input size, the RGB mean and std in 0-255 units, the class names and the
 post-processing it was exported with. Images are prepared as :func:`multibox.data.eval_transform` prepares them
 for the PyTorch model: decoded upright (EXIF orientation applied) as RGB, resized bilinearly with antialiasing to
-the input size in float (Pillow's ``"F"`` mode filter, which is the filter of torch's ``antialias=True`` bilinear
-resize), then ``(x - mean) / std``.
+the input size in ``uint8`` (Pillow's filter, which torch's ``antialias=True`` bilinear ``uint8`` resize follows to
+within one level), then ``(x - mean) / std``.
 
 This module must stay importable without torch: it imports NumPy, Pillow and (when a model is loaded)
 onnxruntime only.
@@ -159,10 +159,14 @@ def prepare_image(
 ) -> np.ndarray:
     """An RGB image ``[H, W, 3]`` (uint8 or float, 0-255) as the network's input ``[3, H', W']`` float32.
 
-    Bilinear, antialiased resize in float to ``image_size`` ``(H', W')`` (skipped at that size), then
-    ``(x - mean) / std``: :func:`multibox.data.eval_transform` without torch.
+    Bilinear, antialiased resize to ``image_size`` ``(H', W')`` (skipped at that size), then ``(x - mean) / std``:
+    :func:`multibox.data.eval_transform` without torch. A ``uint8`` image is resized in ``uint8`` by Pillow, whose
+    filter torch's ``uint8`` resize follows (their fixed-point roundings at most one level apart); a float image in float
+    (Pillow's ``"F"`` mode, torch's float filter).
     """
     h, w = image_size
+    if image.shape[:2] != (h, w) and image.dtype == np.uint8:
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").resize((w, h), Image.BILINEAR))
     x = image.astype(np.float32)
     if x.shape[:2] != (h, w):
         channels = [

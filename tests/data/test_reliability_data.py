@@ -312,7 +312,7 @@ def test_voc_set_without_any_box_says_so(make_voc, tmp_path, capsys) -> None:
     assert len(VOCDetection(root, classes=["dog"])) == 3  # given classes: a set of negatives is readable
     argv = ["train", "ssd_tiny_shapes", "--set", "data.kind=voc", "--set", f"data.root={root}", "--no-progress"]
     argv += ["--set", f"train.out_dir={tmp_path / 'run'}", "--set", "train.max_iters=1"]
-    assert main(argv) == 2
+    assert main(argv) == 3  # a dataset problem: the exit code of bad input files
     err = capsys.readouterr().err
     assert "has a box: 3 image(s) read" in err and "num_classes" not in err
 

@@ -187,8 +187,10 @@ def decode_image(path: str | Path, max_side: int | None = None) -> tuple[Tensor,
             array = _to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise OSError(f"{path}: cannot decode image: {_reason(path, exc)}") from exc
-    # (H, W, 3) -> (3, H, W); a copy so that the tensor owns writable memory.
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), info
+    if not array.flags.writeable:  # Pillow's own buffer: a copy, so that the tensor owns writable memory
+        array = array.copy()
+    # (H, W, 3) -> (3, H, W) as a view: channels-last strides, the layout of torch's fast uint8 resize.
+    return torch.from_numpy(array).permute(2, 0, 1), info
 
 
 def scale_to_decoded(target: dict, size: tuple[int, int], image: Tensor) -> dict:
@@ -203,6 +205,9 @@ def scale_to_decoded(target: dict, size: tuple[int, int], image: Tensor) -> dict
 
 def read_image(path: str | Path) -> Tensor:
     """Decode an image file as an upright RGB ``uint8`` ``Tensor[3, H, W]``.
+
+    The tensor is a view of the decoded ``[H, W, 3]`` pixels (channels-last strides, as Pillow lays them out):
+    call ``.contiguous()`` where a plain ``[3, H, W]`` layout is needed.
 
     EXIF orientation is applied (the result is the image as displayed), grayscale and palette images are
     replicated to three channels, an alpha channel is dropped, CMYK goes through Pillow's conversion and 16-bit
