@@ -160,3 +160,17 @@ def test_training_skips_an_unreadable_image_and_reports_it(tmp_path):
     # 4 steps of 4 images over 8 images: every image is drawn twice, the bad one skipped both times
     assert result.step == 4 and result.skipped_images == 2
     assert torch.isfinite(torch.tensor(result.last_loss["loss"]))
+
+
+def test_freeze_stops_training_the_named_modules(tmp_path):
+    from multibox.engine.run import freeze_modules
+
+    sets = [*tiny_overrides(tmp_path / "a"), "train.freeze=[backbone.base.0, backbone.base.1]"]
+    cfg = load_config("ssd_tiny_shapes", sets)
+    init = {k: v.clone() for k, v in build_run(cfg).model.state_dict().items()}
+    after = load_checkpoint(train(cfg, progress=False).checkpoint)["model"]
+    frozen = [k for k in init if k.startswith(("backbone.base.0.", "backbone.base.1."))]
+    assert frozen and all(torch.equal(init[k], after[k]) for k in frozen)  # weights and BatchNorm statistics
+    assert any(not torch.equal(init[k], after[k]) for k in init if k.startswith("backbone.base.2."))
+    with pytest.raises(ValueError, match="no module"):
+        freeze_modules(build_run(cfg).model, ("backbone.nope",))

@@ -161,8 +161,8 @@ def prepare_image(
 
     Bilinear, antialiased resize to ``image_size`` ``(H', W')`` (skipped at that size), then ``(x - mean) / std``:
     :func:`multibox.data.eval_transform` without torch. A ``uint8`` image is resized in ``uint8`` by Pillow, whose
-    filter torch's ``uint8`` resize follows (their fixed-point roundings at most one level apart); a float image in float
-    (Pillow's ``"F"`` mode, torch's float filter).
+    filter torch's ``uint8`` resize follows (their fixed-point roundings at most one level apart); a float image in
+    float (Pillow's ``"F"`` mode, torch's float filter).
     """
     h, w = image_size
     if image.shape[:2] != (h, w) and image.dtype == np.uint8:

@@ -24,7 +24,7 @@ from multibox.engine.checkpoint import load_checkpoint, restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
 
-__all__ = ["TrainingRun", "build_run", "fit_model_priors", "set_train_mode"]
+__all__ = ["TrainingRun", "build_run", "fit_model_priors", "freeze_modules", "set_train_mode"]
 
 
 @dataclass
@@ -103,19 +103,42 @@ def _device(name: str, world: int) -> torch.device:
     return device
 
 
-def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    """``model.train()``; with ``freeze_bn`` the backbone's BatchNorm layers stay in eval mode.
+def set_train_mode(model: nn.Module, freeze_bn: bool, frozen: tuple[str, ...] = ()) -> None:
+    """``model.train()``; with ``freeze_bn`` the backbone's BatchNorm layers stay in eval mode, and so do those of
+    the ``frozen`` modules (name prefixes).
 
     Frozen layers normalise with their (pretrained) running statistics and do not update them; their affine
-    weights still learn. That is the usual fine-tuning choice when batches are small or unlike the pretraining
-    data, where batch statistics are noisy estimates of the population's.
+    weights still learn unless their module is frozen. That is the usual fine-tuning choice when batches are small
+    or unlike the pretraining data, where batch statistics are noisy estimates of the population's.
     """
     model.train()
-    if freeze_bn:
-        backbone = getattr(model, "backbone", model)
-        for m in backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if (freeze_bn and name.startswith("backbone.")) or _under(name, frozen):
+            m.eval()
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def freeze_modules(model: nn.Module, prefixes: tuple[str, ...]) -> int:
+    """Stop training the parameters of the modules named by ``prefixes``; returns how many tensors were frozen.
+
+    Raises:
+        ValueError: a prefix names no module of the model.
+    """
+    names = {name for name, _ in model.named_modules()}
+    unknown = [p for p in prefixes if p not in names]
+    if unknown:
+        raise ValueError(f"train.freeze: the model has no module(s) {unknown}; e.g. {sorted(names)[1:6]}")
+    frozen = 0
+    for name, p in model.named_parameters():
+        if _under(name, prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def fit_model_priors(model: nn.Module, dataset: Any, config: Config) -> tuple[nn.Module, Any]:
@@ -248,6 +271,7 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     classes = tuple(raw.classes)
     model, fit = _model(config, raw, _num_classes(config, classes), ckpt)
     dataset = _train_dataset(config, raw, model)
+    freeze_modules(model, tc.freeze)
     model.to(device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -92,7 +92,8 @@ class Trainer:
 
     def set_train_mode(self) -> None:
         """The model back in training mode, with the run's BatchNorm policy (after an evaluation)."""
-        set_train_mode(self.run.model, self.run.config.train.freeze_bn)
+        tc = self.run.config.train
+        set_train_mode(self.run.model, tc.freeze_bn, tc.freeze)
 
     def _micro_step(self, sync: bool) -> tuple[dict[str, float], int, float]:
         run, tc = self.run, self.run.config.train
