@@ -244,11 +244,20 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from multibox.config import load_config
     from multibox.engine.train import train
 
-    r = train(load_config(a.config, a.overrides), resume=a.resume, progress=not a.no_progress)
+    r = train(load_config(a.config, a.overrides), resume=a.resume, progress=not a.no_progress, log=print)
     print(
         f"trained to step {r.step}; checkpoint: {r.checkpoint}; last loss {r.last_loss.get('loss', float('nan')):.4f}; "
         f"{r.images_per_second:.1f} img/s, {100 * r.data_wait_fraction:.1f}% of the time waiting for data"
     )
+    if r.stop_reason:
+        print(f"stopped early: {r.stop_reason}")
+    if r.best is not None:
+        last = r.evaluations[-1][1] if r.evaluations else {}
+        key = "AP" if "AP" in last else "mAP"
+        print(f"validation {key}: {last.get(key, float('nan')):.4f} at the end, best {r.best[1]:.4f} at step "
+              f"{r.best[0]} ({r.best_checkpoint})")  # fmt: skip
+    if r.skipped_images:
+        print(f"{r.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
     return 0
 
 

@@ -167,7 +167,8 @@ class Trainer:
         )
 
     def train(self) -> None:
-        """Run the hooks' ``before_train``, the steps, then every hook's ``after_train`` (also on failure)."""
+        """Run the hooks' ``before_train``, the steps, then every hook's ``after_train`` in reverse order (also on
+        failure)."""
         self.start_time = time.perf_counter()
         self._batches = iter(self.run.loader)
         self.set_train_mode()
@@ -183,5 +184,5 @@ class Trainer:
             self.failed = e
             raise
         finally:
-            for hook in self.hooks:
+            for hook in reversed(self.hooks):  # unwound as opened: the logger, set up first, closes last
                 hook.after_train(self)
