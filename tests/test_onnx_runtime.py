@@ -164,3 +164,21 @@ def test_bad_models_give_clear_errors(tiny_export, tmp_path):
         OnnxDetector(tmp_path / "junk.onnx")
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     assert main(["detect", str(tmp_path), "--onnx", str(tmp_path / "junk.onnx")]) == 3  # a bad input file
+
+
+def test_read_image_array_refuses_truncated_and_corrupt_files_as_the_torch_reader_does(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    good = tmp_path / "good.png"
+    Image.fromarray(rgb).save(good)
+    data = good.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:-8])  # the IEND chunk's type and CRC lost: Pillow reads it silently
+    crc = bytearray(data)
+    crc[crc.index(b"IEND") - 5] ^= 0xFF
+    (tmp_path / "crc.png").write_bytes(bytes(crc))
+    np.testing.assert_array_equal(read_image_array(good), rgb)
+    for name, reason in (("cut.png", "truncated"), ("crc.png", "bad CRC")):
+        with pytest.raises(OSError, match=rf"{name}: cannot decode image: .*{reason}") as info:
+            read_image_array(tmp_path / name)
+        with pytest.raises(OSError) as torch_info:
+            read_image(tmp_path / name)
+        assert str(info.value) == str(torch_info.value)  # the same message from both readers

@@ -14,6 +14,7 @@ onnxruntime only.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from multibox.files import DetectionResults, OnError, find_images, run_detection
+from multibox.io.integrity import image_problem
+from multibox.io.regular import read_bytes
 
 __all__ = [
     "ExportMismatchError",
@@ -131,11 +134,19 @@ def read_image_array(path: str | Path) -> np.ndarray:
     conversion; 16-bit grayscale is scaled to 8 bits, float grayscale from [0, 1] or 0-255. (The same rules as
     ``multibox.data.image_io``, which cannot be imported without torch.)
 
+    Only regular files are opened, and a JPEG or PNG is checked for truncation and corruption first
+    (:mod:`multibox.io`, as the torch readers do).
+
     Raises:
-        OSError: the file is missing or not an image (the message names the file).
+        OSError: the file is missing, not a regular file, truncated, corrupt or not an image (the message names the
+            file and the reason).
     """
     try:
-        with Image.open(path) as img:
+        data = read_bytes(path)  # regular files only
+        problem = image_problem(data)
+        if problem is not None:
+            raise OSError(problem)
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             with contextlib.suppress(Exception):  # a corrupt EXIF block must not make the image unreadable
                 img = ImageOps.exif_transpose(img)
@@ -151,7 +162,8 @@ def read_image_array(path: str | Path) -> np.ndarray:
                 img = img.convert("RGBA")
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"{path}: cannot decode image: {exc}") from exc
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise OSError(f"{path}: cannot decode image: {reason}") from exc
 
 
 def prepare_image(

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from multibox.data.image_io import decode_image, probe_image, read_image
-from multibox.data.integrity import check_ending, image_problem, sniff_format
+from multibox.io.integrity import check_ending, image_problem, sniff_format
 
 
 def _encode(fmt: str, size: tuple[int, int] = (24, 16), **kwargs) -> tuple[bytes, np.ndarray]:
@@ -49,7 +49,7 @@ def _pillow_reads(data: bytes) -> np.ndarray | None:
 
 
 def test_pillow_reads_these_broken_pngs_without_a_word() -> None:
-    """The premise of multibox.data.integrity: plain Pillow accepts a PNG without its IEND and one with a bad IDAT
+    """The premise of multibox.io.integrity: plain Pillow accepts a PNG without its IEND and one with a bad IDAT
     CRC, and decodes cut JPEGs partially once LOAD_TRUNCATED_IMAGES is set."""
     png, pixels = _encode("PNG")
     for broken in (png[:-12], png[:-20], _idat_crc_flipped(png)):

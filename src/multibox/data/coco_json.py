@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from multibox.data.checks import DatasetError
-from multibox.data.files import read_text
+from multibox.io.regular import read_text
 
 __all__ = ["CocoProblem", "coco_problems", "load_coco_json", "read_coco_json", "usable_entries"]
 

@@ -32,8 +32,8 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from multibox.data.files import open_regular, read_bytes
-from multibox.data.integrity import check_ending, image_problem, sniff_format
+from multibox.io.integrity import check_ending, image_problem, sniff_format
+from multibox.io.regular import open_regular, read_bytes
 
 __all__ = [
     "ExifPolicy",
@@ -93,8 +93,8 @@ def _orientation(img: Image.Image) -> int:
 def probe_image(path: str | Path) -> ImageInfo:
     """Read the header of an image file (size, EXIF orientation, mode) without decoding its pixels.
 
-    Only regular files are opened (:mod:`multibox.data.files`), and a JPEG or PNG must end as a complete file does
-    (:func:`multibox.data.integrity.check_ending`, a read of its last bytes), so truncated files are found here.
+    Only regular files are opened (:mod:`multibox.io.regular`), and a JPEG or PNG must end as a complete file does
+    (:func:`multibox.io.integrity.check_ending`, a read of its last bytes), so truncated files are found here.
 
     Raises:
         OSError: the file is missing, not a regular file, empty, truncated, or not an image Pillow can identify (the
@@ -159,7 +159,7 @@ def _draft(img: Image.Image, max_side: int) -> None:
 def decode_image(path: str | Path, max_side: int | None = None) -> tuple[Tensor, ImageInfo]:
     """Decode an image file as :func:`read_image` does, and also return its header (:class:`ImageInfo`).
 
-    A JPEG or PNG is first checked from its bytes (:func:`multibox.data.integrity.image_problem`): a truncated or
+    A JPEG or PNG is first checked from its bytes (:func:`multibox.io.integrity.image_problem`): a truncated or
     CRC-corrupted file is refused, never read as a partial picture, whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
     says. Other formats rely on Pillow's own truncation error, which that setting turns off (a warning says so).
 

@@ -18,9 +18,9 @@ import torch
 
 from multibox.data.checks import DatasetError, Issue, check_boxes
 from multibox.data.coco_json import coco_problems, read_coco_json, usable_entries
-from multibox.data.files import read_bytes
 from multibox.data.image_io import ImageInfo, decode_image, orient_boxes, probe_image, resolve_orientation
 from multibox.data.voc import find_image, parse_voc_xml, read_split, voc_to_xyxy
+from multibox.io.regular import read_bytes
 
 __all__ = ["ScanReport", "scan_dataset"]
 

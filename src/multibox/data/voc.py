@@ -29,7 +29,6 @@ from defusedxml.ElementTree import fromstring as defused_fromstring
 from torch import Tensor
 
 from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
-from multibox.data.files import read_bytes, read_text, xml_encoding_hint
 from multibox.data.image_io import (
     ExifPolicy,
     ImageInfo,
@@ -39,6 +38,7 @@ from multibox.data.image_io import (
     resolve_orientation,
     scale_to_decoded,
 )
+from multibox.io.regular import read_bytes, read_text, xml_encoding_hint
 
 __all__ = [
     "IMAGE_EXTENSIONS",
