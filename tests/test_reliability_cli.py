@@ -455,3 +455,36 @@ def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err == "multibox train: interrupted (continue with --resume auto from the last checkpoint)\n"
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
+    """`multibox VERB ... | head -1`: the reader leaves while a verb still prints; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    script = (
+        "import sys; import multibox.cli as c; "
+        "c._HANDLERS['info'] = lambda a: [print('x' * 100) for _ in range(100_000)] and 0; "  # ~10 MB of output
+        "sys.exit(c.main(['info', 'ssd_tiny']))"
+    )
+    cmd = f'{sys.executable} -c "{script}" | head -1; echo exit=${{PIPESTATUS[0]}}'
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.splitlines() == ["x" * 100, "exit=0"], done.stdout[-300:]
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_train_and_eval_skip_an_unreadable_image_and_say_so_in_the_exit_code(tmp_path, capsys):
+    from multibox.data import ShapesDataset, write_voc
+
+    write_voc(ShapesDataset(8, 64, seed=3), tmp_path / "voc", "train")
+    bad = sorted((tmp_path / "voc" / "JPEGImages").iterdir())[1]
+    data = bytearray(bad.read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: found when the image is decoded
+    bad.write_bytes(bytes(data))
+    extra = {"data.kind": "voc", "data.root": str(tmp_path / "voc"), "data.train_split": "train"}
+    extra["data.val_split"] = "train"
+    assert main(_train_args(tmp_path / "run", **extra)) == ExitCode.SKIPPED == 1
+    out, err = capsys.readouterr()
+    assert "training image(s) could not be read and were skipped" in out and bad.name in err
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == ExitCode.SKIPPED
+    out, err = capsys.readouterr()
+    assert "1 image(s) could not be read and were left out of the metric" in out and bad.name in err
+    assert "Traceback" not in err

@@ -258,6 +258,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
               f"{r.best[0]} ({r.best_checkpoint})")  # fmt: skip
     if r.skipped_images:
         print(f"{r.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
+        return int(ExitCode.SKIPPED)
     return 0
 
 
@@ -304,6 +305,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     width = max(len(k) for k in out)
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if out.get("skipped"):
+        print(f"{out['skipped']} image(s) could not be read and were left out of the metric (see the warnings)")
+        return int(ExitCode.SKIPPED)
     return 0
 
 
@@ -473,6 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 tune_malloc()  # reuse freed tensor memory instead of page-faulting it back in every step (glibc)
             return int(_HANDLERS[args.verb](args))
+        except BrokenPipeError:  # the reader of our output went away (`multibox scan ... | head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+            return int(ExitCode.OK)
         except (Exception, KeyboardInterrupt) as e:
             code, message = describe(e, args.verb)
             if debug:

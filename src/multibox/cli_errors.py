@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
     """What ``multibox`` returns: one code per kind of outcome."""
 
     OK = 0
-    SKIPPED = 1  # finished, but some inputs were skipped (detect) or problems found (scan)
+    SKIPPED = 1  # finished, but some inputs were skipped (detect, eval, train) or problems found (scan)
     USAGE = 2  # bad command-line argument or setting (argparse's code too)
     BAD_INPUT = 3  # an input file is missing, unreadable or invalid (image, dataset, checkpoint, model)
     DIVERGED = 4  # training stopped: the loss became NaN or infinite
@@ -39,7 +39,7 @@ class ExitCode(IntEnum):
 #: The ``--help`` epilog of ``multibox``.
 EXIT_CODES_HELP = """exit codes:
   0    success
-  1    finished, but some inputs were skipped (detect) or problems were found (scan)
+  1    finished, but some inputs were skipped (detect, eval, train) or problems were found (scan)
   2    bad command-line argument or setting
   3    missing, unreadable or invalid input file (image, dataset, checkpoint, model)
   4    training stopped: the loss became NaN or infinite
