@@ -174,3 +174,13 @@ def test_freeze_stops_training_the_named_modules(tmp_path):
     assert any(not torch.equal(init[k], after[k]) for k in init if k.startswith("backbone.base.2."))
     with pytest.raises(ValueError, match="no module"):
         freeze_modules(build_run(cfg).model, ("backbone.nope",))
+
+
+def test_a_training_set_without_boxes_is_refused(tmp_path):
+    from multibox.data import ShapesDataset, write_voc
+
+    root = tmp_path / "voc"
+    write_voc(ShapesDataset(4, 64, seed=1, min_objects=0, max_objects=0), root, split="train", classes=["circle"])
+    sets = tiny_overrides(tmp_path / "run", **{"data.kind": "voc", "data.root": str(root), "data.classes": ["circle"]})
+    with pytest.raises(ValueError, match=r"no image of the training set .* has a box"):
+        train(load_config("ssd_tiny_shapes", [*sets, "data.train_split=train"]), progress=False)

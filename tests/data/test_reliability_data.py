@@ -180,6 +180,21 @@ def test_coco_corrupt_image_follows_the_policy(tmp_path) -> None:
         assert COCODetection(images_dir, ann, on_error="skip")[index] is None
 
 
+def test_coco_target_of_an_unreadable_image_follows_the_policy(tmp_path) -> None:
+    # get_target reads only the header (for EXIF): a truncated file fails there; under skip the annotation's own
+    # boxes stand (statistics such as prior fitting go on), and the item itself is skipped when read.
+    images_dir, ann = _coco(tmp_path, _valid(), IMAGES)
+    (images_dir / "a.png").write_bytes((images_dir / "a.png").read_bytes()[:40])
+    index = COCODetection(images_dir, ann).image_ids.index(3)
+    with pytest.raises(DatasetError, match=r"a\.png: .*truncated"):
+        COCODetection(images_dir, ann).get_target(index)
+    skipping = COCODetection(images_dir, ann, on_error="skip")
+    with pytest.warns(DatasetWarning, match=r"a\.png: .*truncated.*taken from the annotation as written"):
+        target = skipping.get_target(index)
+    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 5.0, 30.0, 15.0]]))
+    assert target["orig_size"].tolist() == [30, 40]
+
+
 # --- text encodings -------------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ Field types are checked, not coerced (:mod:`multibox.data.coco_json`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
+from multibox.data.checks import (
+    DatasetError,
+    DatasetWarning,
+    Issue,
+    IssueLog,
+    OnError,
+    check_boxes,
+    unusable_item,
+)
 from multibox.data.coco_json import coco_problems, load_coco_json, read_coco_json, usable_entries
 from multibox.data.image_io import (
     ExifPolicy,
@@ -159,13 +168,22 @@ class COCODetection(torch.utils.data.Dataset):
         ).reshape(category_ids.shape)
 
     def _upright(self, index: int) -> tuple[Tensor, tuple[int, int]]:
-        """Boxes in the upright image and its ``(H, W)``, from the image header (cached)."""
+        """Boxes in the upright image and its ``(H, W)``, from the image header (cached).
+
+        Under ``on_error="skip"`` an image whose header cannot be read gives the annotation's own boxes and size,
+        with a warning (the item itself will be skipped when read).
+        """
         if index not in self._upright_cache:
             r = self._records[index]
             try:
                 info = probe_image(r.image_path)
             except OSError as exc:
-                raise DatasetError(str(exc)) from exc
+                if self.on_error == "raise":
+                    raise DatasetError(str(exc)) from exc
+                warnings.warn(f"{self!r}: {exc}; its target is taken from the annotation as written",
+                              DatasetWarning, stacklevel=3)  # fmt: skip
+                self._upright_cache[index] = (r.boxes, (r.size[1], r.size[0]))
+                return self._upright_cache[index]
             boxes = r.boxes
             if resolve_orientation(info, r.size, self.exif):
                 boxes = orient_boxes(boxes, info.orientation, info.stored_size)
@@ -185,6 +203,10 @@ class COCODetection(torch.utils.data.Dataset):
             "image_id": r.image_id,
             "orig_size": torch.tensor(hw, dtype=torch.int64),
         }
+
+    def num_boxes(self) -> int:
+        """How many boxes the items hold in all (from the annotations; nothing is decoded or probed)."""
+        return sum(int(r.boxes.shape[0]) for r in self._records)
 
     def targets_only(self) -> list[dict[str, Any]]:
         """Every item's target dict, in order, without decoding any image."""

@@ -395,6 +395,10 @@ class VOCDetection(torch.utils.data.Dataset):
             "orig_size": torch.tensor([r.size[1], r.size[0]], dtype=torch.int64),
         }
 
+    def num_boxes(self) -> int:
+        """How many boxes the items hold in all (from the annotations; nothing is decoded or probed)."""
+        return sum(int(r.boxes.shape[0]) for r in self._records)
+
     def targets_only(self) -> list[dict[str, Any]]:
         """Every item's target dict, in order, without decoding any image."""
         return [self.get_target(i) for i in range(len(self))]

@@ -268,6 +268,8 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
 
     raw = build_dataset(config.data, "train", config.model.image_size)
+    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
+        raise ValueError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
     classes = tuple(raw.classes)
     model, fit = _model(config, raw, _num_classes(config, classes), ckpt)
     dataset = _train_dataset(config, raw, model)
