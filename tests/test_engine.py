@@ -250,3 +250,16 @@ def test_fast_detect_matches_the_fp32_path(tmp_path):
 
     # The same detections up to bf16 rounding of a barely trained model's near-tied scores.
     assert path_agreement(as_dets(slow), as_dets(fast)) > 0.5
+
+
+def test_shapes_size_range_reaches_the_dataset():
+    """data.shapes_min_size / shapes_max_size bound every synthetic box side (fractions of a 128-px image)."""
+    cfg = load_config("ssd_tiny_shapes", ["data.shapes_min_size=0.03", "data.shapes_max_size=0.06"])
+    ds = build_dataset(cfg.data, "train", 128)
+    sides = torch.cat([(ds[i][1]["boxes"][:, 2:] - ds[i][1]["boxes"][:, :2]) for i in range(40)])
+    assert sides.numel() > 0
+    # A shape's box bounds its antialiased pixels: the drawn size plus at most one partly covered pixel each side.
+    assert sides.max().item() <= 0.06 * 128 + 2
+    assert sides.max().item() > 0.03 * 128
+    default = build_dataset(load_config("ssd_tiny_shapes").data, "train", 128)
+    assert max((default[i][1]["boxes"][:, 2:] - default[i][1]["boxes"][:, :2]).max().item() for i in range(40)) > 10

@@ -91,6 +91,8 @@ BAD_SETTINGS = [
     ("model.num_classes=1", "model.num_classes must be >= 2, got 1"),
     ("model.image_size=[0,64]", "model.image_size must be >= 1, got 0"),
     ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
+    ("data.shapes_min_size=0", "data.shapes_min_size must be in (0, 1], got 0.0"),
+    ("data.shapes_max_size=0.05", "data.shapes_min_size (0.12) must not exceed data.shapes_max_size (0.05)"),
     ("train=[]", "section 'train' must be a mapping of key: value, got []"),
     ("data=5", "section 'data' must be a mapping of key: value, got 5"),
     ("train.amp=fp8", "train.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),

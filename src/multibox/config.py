@@ -116,6 +116,7 @@ class DataConfig:
         classes: class names (None: collected from the annotations).
         train_images / val_images / train_annotations / val_annotations: COCO image folders and JSON files.
         shapes_train / shapes_val: sizes of the synthetic splits; shapes_seed: their seed.
+        shapes_min_size / shapes_max_size: the synthetic objects' side range, as a fraction of the image side.
         keep_difficult: keep ``difficult`` objects in training targets.
         augment: the paper's training augmentation (photometric, zoom-out, min-IoU crop, flip).
         expand_ratio: the zoom-out's largest side ratio (4 in the paper; 1 disables zoom-out).
@@ -137,6 +138,8 @@ class DataConfig:
     shapes_train: int = 1000
     shapes_val: int = 200
     shapes_seed: int = 0
+    shapes_min_size: float = 0.12
+    shapes_max_size: float = 0.6
     keep_difficult: bool = False
     augment: bool = True
     expand_ratio: float = 4.0
@@ -147,11 +150,17 @@ class DataConfig:
     _SECTION: ClassVar[str] = "data"
     _RANGES: ClassVar[dict[str, _Range]] = {
         "shapes_train": _AT_LEAST_1, "shapes_val": _AT_LEAST_1, "shapes_seed": _NON_NEGATIVE,
+        "shapes_min_size": _Range(0, 1, low_open=True), "shapes_max_size": _Range(0, 1, low_open=True),
         "expand_ratio": _Range(1), "num_workers": _NON_NEGATIVE,
     }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+        if self.shapes_min_size > self.shapes_max_size:
+            raise ConfigError(
+                f"data.shapes_min_size ({self.shapes_min_size}) must not exceed data.shapes_max_size "
+                f"({self.shapes_max_size})"
+            )
 
 
 @dataclass(frozen=True)

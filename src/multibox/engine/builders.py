@@ -66,7 +66,9 @@ def build_dataset(
         n = cfg.shapes_train if split == "train" else cfg.shapes_val
         seed = cfg.shapes_seed if split == "train" else cfg.shapes_seed + 1_000_003
         size = image_size if image_size is not None else 128
-        return data.ShapesDataset(num_images=n, image_size=size, seed=seed)
+        return data.ShapesDataset(
+            num_images=n, image_size=size, seed=seed, min_size=cfg.shapes_min_size, max_size=cfg.shapes_max_size
+        )
     if cfg.kind == "voc":
         if not cfg.root:
             raise ValueError("data.root is not set: pass --set data.root=/path/to/VOCdevkit/VOC2007")
