@@ -189,3 +189,24 @@ def test_keep_float_leaves_the_stem_unquantized(tiny):
     assert not is_quantized(stem) and stem[0].weight.dtype == torch.float32
     assert is_quantized(q.backbone.module.get_submodule("base.0.3"))  # the next convolution is int8
     assert 0 < logits_error(tiny, q, x) < 0.1
+
+
+def test_bench_cli_on_photo_folders(tmp_path, capsys):
+    from PIL import Image
+
+    from multibox.cli import main
+
+    for name, n, size in [("photos", 3, (50, 40)), ("calib", 2, (64, 64))]:
+        (tmp_path / name).mkdir()
+        for i in range(n):  # the photos differ in size: resized to the first one's so that they batch
+            w, h = (size[0] + 7 * i, size[1])
+            pixels = torch.randint(0, 256, (h, w, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / name / f"{i}.png")
+    photos, calib = str(tmp_path / "photos"), str(tmp_path / "calib")
+    argv = ["bench", "ssd_tiny", "--num-classes", "3", "--batch-sizes", "2", "--paths", "fp32", "int8",
+            "--repeat", "1", "--images", photos, "--calibration", calib]  # fmt: skip
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("fp32", "int8"))]
+    assert [r[0] for r in rows] == ["fp32", "int8"] and rows[0][-1] == "1.000"
+    assert main([*argv[:-4], "--images", photos, "--max-images", "1"]) != 0  # 1 photo < batch 2
+    assert "fewer than the batch size 2" in capsys.readouterr().err

@@ -201,6 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true", help="also time torch.compile")
     b.add_argument("--onnx", action="store_true", help="also time onnxruntime (CPU; needs the export extra)")
     b.add_argument("--int8", action="store_true", help="also time the int8 backbone (CPU; calibrated on 32 images)")
+    b.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="time and score agreement on these photos (all of them, up to --max-images) instead of shapes",
+    )
+    b.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="calibrate int8 on these photos (better other ones than --images; default: shapes images)",
+    )
+    b.add_argument("--max-images", type=_int_at_least(1), default=64, metavar="N",
+                   help="at most N photos from each folder (default 64)")  # fmt: skip
     b.add_argument("--repeat", type=_int_at_least(1), default=7)
     b.add_argument("--device", default="cpu")
 
@@ -386,6 +400,26 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_images(folder: str, limit: int):
+    """The first ``limit`` photos under ``folder`` (sorted) as ``uint8 Tensor[N, 3, H, W]``, each resized to the
+    first one's size so that they batch (the bench still times the model's own resize from that size)."""
+    import torch
+    import torch.nn.functional as F
+
+    from multibox.data.image_io import read_image
+    from multibox.files import find_images
+
+    found = find_images([folder]).images[:limit]
+    photos = [read_image(im.path).contiguous() for im in found]
+    h, w = photos[0].shape[-2:]
+    resized = [
+        p if p.shape[-2:] == (h, w)
+        else F.interpolate(p[None].float(), size=(h, w), mode="bilinear", antialias=True)[0].round().clamp(0, 255)
+        for p in photos
+    ]  # fmt: skip
+    return torch.stack([p.to(torch.uint8) for p in resized])
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     import torch
 
@@ -404,10 +438,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         shapes = ShapesDataset(n, (h, w), seed=seed)
         return torch.stack([shapes[i][0] for i in range(n)])
 
-    images = shapes_images(max(a.batch_sizes), seed=123)
+    images = _folder_images(a.images, a.max_images) if a.images else shapes_images(max(a.batch_sizes), seed=123)
+    if len(images) < max(a.batch_sizes):
+        raise ValueError(f"--images {a.images}: {len(images)} photos, fewer than the batch size {max(a.batch_sizes)}")
     paths = a.paths or available_paths(device, compile=a.compile, onnx=a.onnx, int8=a.int8)
     # int8 calibrates on other images than the timed ones, so that the agreement is not measured on them.
-    calibration = shapes_images(32, seed=321) if "int8" in paths else None
+    calibration = None
+    if "int8" in paths:
+        calibration = _folder_images(a.calibration, min(a.max_images, 32)) if a.calibration else shapes_images(32, 321)
     rows = bench_model(model, images, batch_sizes=a.batch_sizes, paths=paths, device=device, repeat=a.repeat,
                        gflops_per_image=info["gflops"], calibration=calibration)  # fmt: skip
     peaks = {"fp32": matmul_peak_gflops(torch.float32, device.type)}

@@ -235,7 +235,8 @@ def bench_model(
 
     Args:
         model: an SSD (its ``preprocess`` gives size, mean and std).
-        images: ``uint8 Tensor[N, 3, H, W]`` source images (any size; resized as in inference), ``N >= max batch``.
+        images: ``uint8 Tensor[N, 3, H, W]`` source images (any size; resized as in inference), ``N >= max batch``;
+            the first ``batch`` are timed, the agreement is scored on all of them.
         batch_sizes: the batch sizes to time.
         paths: inference paths (default: :func:`available_paths`).
         device: where to run.
@@ -302,10 +303,13 @@ def bench_model(
                     return postprocess(network(preprocess()), priors)
 
                 total_ms = _median_ms(end_to_end, repeat, warmup, sync)
-                dets = [
-                    Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu())
-                    for d in postprocess(pred, priors)
-                ]
+                dets = []  # on all the images, in batches of bs, for the agreement
+                for start in range(0, len(images), bs):
+                    x = preprocess(images[start : start + bs])
+                    dets += [
+                        Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu())
+                        for d in postprocess(network(x), priors)
+                    ]
             if path == "fp32":
                 reference[bs] = dets
                 agreement = 1.0
