@@ -1,14 +1,19 @@
 """Agreement of int8 variants with fp32 on a trained checkpoint (nothing asserted; figures for the issue note).
 
-    python benchmarks/int8_variants.py WEIGHTS [--images 64] [--variants default torch stem-float,calib128 ...]
+    python benchmarks/int8_variants.py WEIGHTS [--images 64] [--variants default nofuse nobc x86 ...]
+        [--photos DIR --calibration DIR]
 
-For each variant, ``multibox.models.quantize.quantize_int8`` calibrates on shapes images (seed 321) and the int8
-detections on other shapes images (seed 999) are scored against the fp32 ones (``path_agreement``: VOC area AP at
+For each variant, ``multibox.models.quantize.quantize_int8`` calibrates on shapes images (seed 321; or the photos
+under ``--calibration``) and the int8 detections on other shapes images (seed 999; or the first ``--images`` photos
+under ``--photos``) are scored against the fp32 ones (``path_agreement``: VOC area AP at
 IoU 0.5, 1.0 = the same boxes and ranking); beside it the relative L2 error of the int8 class logits on those
 images and the int8 network's median time per batch of 8.
-A variant is one or more of these, joined by commas: ``default`` (``quantize_int8``'s defaults: 8-bit activations
-on a CPU with VNNI, everything quantized, 32 calibration images); ``torch`` (torch's own x86 defaults: 7-bit
-activations); ``bits7`` / ``bits8`` (activation bits); ``stem-float`` (keep the first convolution in float);
+A variant is one or more of these, joined by commas: ``default`` (``quantize_int8``'s defaults: the onednn engine
+on a CPU with VNNI/AMX (x86 otherwise), 8-bit activations, graph rewrites, bias correction, everything quantized,
+32 calibration images); ``nofuse`` (no graph rewrites before quantization: the ReLU6 quantized apart from its
+convolution, the "same" paddings in float); ``nobc`` (no bias correction); ``torch`` (torch's x86 defaults:
+7-bit activations; combine with ``x86,nofuse,nobc`` for torch's plain x86 quantization); ``bits7`` / ``bits8``
+(activation bits); ``stem-float`` (keep the first convolution in float);
 ``float:NAME[+NAME...]`` (keep those backbone submodules in float, e.g. ``float:layer3``,
 ``float:layer3.4+layer3.5``); ``calibN`` (N calibration images); ``x86`` / ``fbgemm`` / ``onednn`` (the quantized
 engine, for calibration and inference; torch's onednn configuration has 8-bit activations, ``bits7`` does not
@@ -37,7 +42,7 @@ ENGINES = ("x86", "fbgemm", "onednn")
 
 def parse_variant(variant: str) -> dict:
     """``"onednn,calib128"`` -> the settings it names (unknown parts exit with a message)."""
-    spec = {"calib": 32, "eight_bit": None, "stem": False, "float": [], "engine": torch.backends.quantized.engine}
+    spec = {"calib": 32, "eight_bit": None, "stem": False, "float": [], "engine": None, "fuse": True, "bc": True}
     for part in variant.split(","):
         if part == "default":
             pass
@@ -45,6 +50,10 @@ def parse_variant(variant: str) -> dict:
             spec["eight_bit"] = False
         elif part in ("bits7", "bits8"):
             spec["eight_bit"] = part == "bits8"
+        elif part == "nofuse":
+            spec["fuse"] = False
+        elif part == "nobc":
+            spec["bc"] = False
         elif part == "stem-float":
             spec["stem"] = True
         elif part.startswith("calib") and part[len("calib") :].isdigit():
@@ -58,6 +67,19 @@ def parse_variant(variant: str) -> dict:
     return spec
 
 
+def photo_inputs(model: torch.nn.Module, folder: str, n: int) -> torch.Tensor:
+    """The first ``n`` photos under ``folder`` as ``model`` sees them (``Tensor[n, 3, H, W]``)."""
+    from multibox.data import eval_transform
+    from multibox.data.image_io import read_image
+    from multibox.files import find_images
+
+    pre = model.preprocess
+    transform = eval_transform(pre.image_size, pre.mean, pre.std)
+    boxes, labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    found = find_images([folder]).images[:n]
+    return torch.stack([transform(read_image(im.path).contiguous(), boxes, labels, None)[0] for im in found])
+
+
 def stem_name(backbone: torch.nn.Module) -> str:
     return next(n for n, m in backbone.named_modules() if isinstance(m, torch.nn.Conv2d))
 
@@ -69,13 +91,15 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["default"])
     ap.add_argument("--repeat", type=int, default=5, help="timed batches of 8 per variant")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--photos", default=None, help="score agreement on the photos in this folder (not shapes)")
+    ap.add_argument("--calibration", default=None, help="calibrate on the photos in this folder (not shapes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.ao's deprecation notices
     model = load_detector(args.weights)[0].eval()
     specs = [parse_variant(v) for v in args.variants]
 
-    test = shapes_inputs(model, args.images, 999)
+    test = photo_inputs(model, args.photos, args.images) if args.photos else shapes_inputs(model, args.images, 999)
 
     def run(net: torch.nn.Module) -> tuple[list, torch.Tensor]:
         """(detections, class logits) on the test images."""
@@ -89,26 +113,28 @@ def main() -> None:
             return median_ms(lambda: net(x), repeat=args.repeat, warmup=1)
 
     reference, ref_logits = run(model)
-    default_engine = torch.backends.quantized.engine
     for variant, spec in zip(args.variants, specs, strict=True):
         keep_float = ([stem_name(model.backbone)] if spec["stem"] else []) + spec["float"]
-        torch.backends.quantized.engine = spec["engine"]
-        try:
-            t0 = time.perf_counter()
-            q = quantize_int8(
-                model,
-                shapes_inputs(model, spec["calib"], 321),
-                max_error=10.0,
-                eight_bit=spec["eight_bit"],
-                keep_float=keep_float,
-            )
-            seconds = time.perf_counter() - t0
-            detections, logits = run(q)
-            agreement = path_agreement(reference, detections)
-            error = float((logits - ref_logits).norm() / ref_logits.norm())
-            ms = net_ms(q)
-        finally:
-            torch.backends.quantized.engine = default_engine
+        if args.calibration:
+            calibration = photo_inputs(model, args.calibration, spec["calib"])
+        else:
+            calibration = shapes_inputs(model, spec["calib"], 321)
+        t0 = time.perf_counter()
+        q = quantize_int8(
+            model,
+            calibration,
+            engine=spec["engine"],
+            fuse=spec["fuse"],
+            bias_correction=spec["bc"],
+            max_error=10.0,
+            eight_bit=spec["eight_bit"],
+            keep_float=keep_float,
+        )
+        seconds = time.perf_counter() - t0
+        detections, logits = run(q)
+        agreement = path_agreement(reference, detections)
+        error = float((logits - ref_logits).norm() / ref_logits.norm())
+        ms = net_ms(q)
         print(
             f"{variant:24s} agreement {agreement:.4f}  logits error {error:.4f}  net {ms:7.1f} ms / batch 8  "
             f"(quantized in {seconds:.0f} s)",

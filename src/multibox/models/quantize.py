@@ -7,6 +7,15 @@ modules (per-channel int8 weights, uint8 activations, ``torch.backends.quantized
 without a quantized kernel (the L2Norm of conv4_3, for instance) run in float between dequantize/quantize steps.
 The head stays in float32, so the class scores and box offsets carry the backbone's rounding only.
 
+Three steps beyond torch's defaults, each on by default (``benchmarks/int8_variants.py`` compares them):
+
+- the engine (:func:`int8_engine`): ``onednn`` on CPUs with VNNI or AMX, whose kernels also fuse a convolution
+  with the residual add after it (MBConv blocks); ``x86`` otherwise;
+- graph rewrites before quantization (:mod:`multibox.models.fuse_int8`): a convolution and its ReLU6 quantized as
+  one op whose output scale spans the clamped range only, TF-"same" paddings folded into the convolutions;
+- empirical bias correction (:func:`correct_int8_bias`): each quantized convolution's bias shifted by its mean
+  output error per channel on calibration images, layer after layer.
+
 Activations are observed with the full 8 bits on CPUs with VNNI or AMX: torch's x86 configuration uses 7 bits
 (``reduce_range=True``), because the pre-VNNI instruction (``vpmaddubsw``) adds pairs of products in 16 bits and
 could saturate with 8-bit inputs, while VNNI's ``vpdpbusd`` accumulates in 32 bits. Measured on a trained
