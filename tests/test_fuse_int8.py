@@ -233,3 +233,24 @@ def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="quantized engine 'nope'"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_int8(Detector(lite_net(), 32), images(2, 32, seed=1), engine="nope")
+
+
+def test_bias_correction_skips_maps_with_too_few_values():
+    from torch.ao.nn import quantized as nnq
+
+    from multibox.models.quantize import correct_int8_bias, quantized_engine
+
+    engine = int8_engine()
+    _, q = quantized_lite(engine, bias_correction=False)
+    backbone = q.backbone.module
+    names = [n for n, m in backbone.named_modules() if isinstance(m, nnq.Conv2d)]
+    means = {n: torch.zeros(backbone.get_submodule(n).bias().numel()) for n in names}
+    x = images(2, 32, seed=40)  # outputs of 16x16 (512 values per channel at batch 2) and 8x8 (128)
+    with torch.inference_mode(), quantized_engine(engine):
+        before = backbone(x)
+    with quantized_engine(engine):
+        assert correct_int8_bias(backbone, means, x, min_samples=10**9) == 0
+        with torch.inference_mode():
+            assert_same_outputs(backbone(x), before, atol=0)
+        small = ["block2.depthwise.conv", "block2.project.conv", "head.conv"]  # the 8x8 outputs
+        assert correct_int8_bias(backbone, means, x, min_samples=256) == len(names) - len(small)

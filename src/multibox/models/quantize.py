@@ -327,7 +327,9 @@ class _ReferenceMeans:
         return {name: total / self.pixels[name] for name, total in self.sums.items()}
 
 
-def correct_int8_bias(quantized: nn.Module, reference_means: dict[str, Tensor], images: Tensor) -> int:
+def correct_int8_bias(
+    quantized: nn.Module, reference_means: dict[str, Tensor], images: Tensor, min_samples: int = 256
+) -> int:
     """Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", §4.2, measured on data): shift each
     quantized convolution's bias by the mean per-channel difference between its int8 output and the float one.
 
@@ -339,6 +341,9 @@ def correct_int8_bias(quantized: nn.Module, reference_means: dict[str, Tensor], 
         reference_means: qualified name -> ``Tensor[C]``, the float model's per-channel output mean on ``images``
             at the module of the same name (the fused module's output: after its ReLU, clamp or residual add).
         images: ``Tensor[N, 3, H, W]`` float inputs, the ones the means were measured on.
+        min_samples: a convolution is corrected only where each channel's mean is taken over at least this many
+            values (``N * H' * W'``); on the small maps of an SSD's last extra layers (1x1, 2x2) a few images give
+            means too noisy to correct by (their sampling noise outweighs the rounding's bias).
 
     Returns:
         How many convolutions were corrected.
@@ -348,6 +353,7 @@ def correct_int8_bias(quantized: nn.Module, reference_means: dict[str, Tensor], 
     convs = {n: m for n, m in quantized.named_modules() if isinstance(m, nnq.Conv2d) and n in reference_means}
 
     inputs: dict[str, tuple] = {}
+    corrected: list[str] = []
 
     def keep_inputs(name: str) -> Any:
         def keep(module: nnq.Conv2d, args: tuple) -> tuple:
@@ -357,7 +363,11 @@ def correct_int8_bias(quantized: nn.Module, reference_means: dict[str, Tensor], 
         return keep
 
     def hook(name: str) -> Any:
-        def correct(module: nnq.Conv2d, args: Any, output: Tensor) -> Tensor:
+        def correct(module: nnq.Conv2d, args: Any, output: Tensor) -> Tensor | None:
+            if output.shape[0] * output.shape[2] * output.shape[3] < min_samples:
+                inputs.pop(name)
+                return None
+            corrected.append(name)
             shift = output.dequantize().mean(dim=(0, 2, 3)) - reference_means[name]  # (B, C, H, W) -> (C,)
             bias = module.bias()
             module.set_weight_bias(module.weight(), (torch.zeros_like(shift) if bias is None else bias) - shift)
@@ -373,7 +383,7 @@ def correct_int8_bias(quantized: nn.Module, reference_means: dict[str, Tensor], 
     finally:
         for handle in handles:
             handle.remove()
-    return len(convs)
+    return len(corrected)
 
 
 def feature_error(reference: nn.Module, candidate: nn.Module, images: Tensor) -> float:
