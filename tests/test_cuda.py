@@ -94,7 +94,8 @@ def test_two_step_amp_training_on_cuda(tmp_path, amp):
 
 def test_bench_gpu_paths():
     from multibox.data import ShapesDataset
-    from multibox.engine.bench import available_paths, bench_model
+    from multibox.engine.bench import bench_model
+    from multibox.runtime import available_paths
 
     paths = available_paths(CUDA)
     assert "fp16" in paths

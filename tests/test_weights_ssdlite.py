@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from multibox.engine.checkpoint import load_checkpoint
-from multibox.engine.inference import load_detector
 from multibox.models import create_model
+from multibox.runtime import load_detector
 from multibox.weights import (
     LAYOUTS,
     TORCHVISION_COCO_CLASSES,

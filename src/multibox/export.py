@@ -268,7 +268,7 @@ def export_checkpoint(weights: str | Path, out: str | Path, **kwargs: Any) -> Ex
         out: the ``.onnx`` file to write.
         **kwargs: passed to :func:`export_onnx` (``class_names`` defaults to the checkpoint's).
     """
-    from multibox.engine.inference import load_detector
+    from multibox.runtime import load_detector
 
     model, classes = load_detector(weights)
     kwargs.setdefault("class_names", classes or None)

@@ -18,25 +18,7 @@ __all__ = [
     "build_optimizer",
     "load_model_state",
     "model_from_checkpoint",
-    "resolve_device",
 ]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU.
-
-    Raises:
-        ValueError: not a device name, or ``cuda`` on a machine without a usable GPU.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {short(name)} is not a device name; use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine; use cpu or auto")
-    return device
 
 
 def build_dataset(

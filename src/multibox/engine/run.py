@@ -19,10 +19,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from multibox.config import Config
-from multibox.engine.builders import build_dataset, build_model, build_optimizer, load_model_state, resolve_device
+from multibox.engine.builders import build_dataset, build_model, build_optimizer, load_model_state
 from multibox.engine.checkpoint import load_checkpoint, restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
+from multibox.runtime import resolve_device
 
 __all__ = ["TrainingRun", "build_run", "fit_model_priors", "freeze_modules", "set_train_mode"]
 
