@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 
 from multibox.cli import main
-from multibox.engine.builders import model_from_checkpoint
 from multibox.engine.checkpoint import (
     ORPHAN_AGE_S,
     CheckpointError,
     load_checkpoint,
     model_checkpoint,
+    model_from_checkpoint,
     save_checkpoint,
     state_dict_sha256,
 )

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from multibox.config import load_config
-from multibox.engine.builders import build_dataset, model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint
+from multibox.engine.builders import build_dataset
+from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.train import NonFiniteLossError, train
 

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multibox.engine.builders import model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint, save_checkpoint
+from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from multibox.models import create_model
 from multibox.models.tiny import IMAGENET_MEAN, IMAGENET_STD
 from multibox.models.vgg import SSD_PYTORCH_PREFIXES, VGG_MEAN, VGG16Base

@@ -264,8 +264,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from multibox.config import config_from_dict, load_config
-    from multibox.engine.builders import build_dataset, model_from_checkpoint
-    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.builders import build_dataset
+    from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from multibox.engine.evaluate import evaluate
     from multibox.runtime import resolve_device
 

@@ -197,8 +197,7 @@ def load_detector(weights: str | Path) -> tuple[nn.Module, list[str]]:
     Raises:
         CheckpointError: the file is not a readable multibox checkpoint or its weights do not fit its model.
     """
-    from multibox.engine.builders import model_from_checkpoint
-    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(weights)
     model = model_from_checkpoint(ckpt, weights)

@@ -36,8 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from multibox.files import write_error
+from multibox.user_input import short
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -45,8 +47,10 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "load_checkpoint",
+    "load_model_state",
     "load_safetensors",
     "model_checkpoint",
+    "model_from_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
     "save_safetensors",
@@ -350,3 +354,62 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({e})") from e
     return ckpt
+
+
+def load_model_state(
+    model: nn.Module, state: dict[str, Any], source: str, strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """``model.load_state_dict(state)`` with clear errors instead of torch's state-dict traceback.
+
+    Args:
+        model: the network.
+        state: its weights (from ``source``).
+        source: the file they come from, for messages.
+        strict: every key of the model must be in ``state`` and no other (else only the shapes are checked).
+
+    Returns:
+        ``(missing, unexpected)`` keys (empty with ``strict``).
+
+    Raises:
+        CheckpointError: a tensor's shape differs (the message names the key and both shapes), or, with ``strict``,
+            keys are missing or unexpected.
+    """
+    own = model.state_dict()
+    differ = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    if differ:
+        k = differ[0]
+        hint = " (another number of classes?)" if ".conf." in k or k.startswith("conf") else ""
+        raise CheckpointError(
+            f"{source}: weights do not fit the model: {k} is {list(state[k].shape)} in the file but "
+            f"{list(own[k].shape)} in the model{hint}; {len(differ)} tensor(s) differ"
+        )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{source}: weights do not fit the model: missing {short(missing, 200)}, "
+            f"unexpected {short(unexpected, 200)}"
+        )
+    return missing, unexpected
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild a model from a checkpoint written by :func:`multibox.train` and load its weights.
+
+    Args:
+        ckpt: the loaded checkpoint.
+        source: its file, for messages.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) not a multibox checkpoint, or its weights do not fit the model it names
+            (the message names the first key that differs and both shapes).
+    """
+    from multibox.models import create_model_from_config
+
+    if "model_args" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(
+            f"{source}: not a multibox checkpoint: it has no 'model_args'/'model' entries (convert it first: "
+            "multibox convert)"
+        )
+    model = create_model_from_config(ckpt["model_args"])
+    load_model_state(model, ckpt["model"], str(source))
+    return model
