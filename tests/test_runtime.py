@@ -120,7 +120,8 @@ def test_runner_applies_autocast_and_memory_format():
 
 
 def test_load_detector_round_trip(tmp_path, tiny):
-    from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
+    from multibox.weights.checkpoint import model_checkpoint
+    from multibox.weights.io import save_checkpoint
 
     path = save_checkpoint(tmp_path / "m.pt", model_checkpoint(tiny, ["a", "b"]))
     model, classes = load_detector(path)

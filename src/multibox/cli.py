@@ -265,9 +265,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from multibox.config import config_from_dict, load_config
     from multibox.engine.builders import build_dataset
-    from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from multibox.engine.evaluate import evaluate
     from multibox.runtime import resolve_device
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
 
     ckpt = load_checkpoint(a.weights)
     if a.config is None and "config" not in ckpt:

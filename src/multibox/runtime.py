@@ -30,6 +30,7 @@ from torch import nn
 
 from multibox.structures import Prediction
 from multibox.user_input import short
+from multibox.weights.checkpoint import model_from_checkpoint, read_checkpoint
 
 __all__ = [
     "PATHS",
@@ -197,8 +198,5 @@ def load_detector(weights: str | Path) -> tuple[nn.Module, list[str]]:
     Raises:
         CheckpointError: the file is not a readable multibox checkpoint or its weights do not fit its model.
     """
-    from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-    ckpt = load_checkpoint(weights)
-    model = model_from_checkpoint(ckpt, weights)
-    return model, list(ckpt.get("classes", []))
+    ckpt = read_checkpoint(weights)
+    return model_from_checkpoint(ckpt, weights), list(ckpt["classes"])

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 
 from multibox.config import Config
 from multibox.engine.builders import build_dataset, build_model, build_optimizer
-from multibox.engine.checkpoint import load_checkpoint, load_model_state, restore_rng_state
+from multibox.engine.rng import restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
 from multibox.runtime import resolve_device
+from multibox.weights.checkpoint import load_model_state
+from multibox.weights.io import load_checkpoint
 
 __all__ = ["TrainingRun", "build_run", "fit_model_priors", "freeze_modules", "set_train_mode"]
 
@@ -236,7 +238,7 @@ def _lr_factor(config: Config, batches_per_epoch: int) -> LRFactor:
 def _model(config: Config, raw: Any, num_classes: int, resume_ckpt: dict | None) -> tuple[nn.Module, Any]:
     """The network: rebuilt from the checkpoint being resumed (its priors included), or built and fitted."""
     if resume_ckpt is not None:
-        from multibox.engine.checkpoint import model_from_checkpoint
+        from multibox.weights.checkpoint import model_from_checkpoint
 
         return model_from_checkpoint(resume_ckpt), None
     model = build_model(config.model, num_classes)

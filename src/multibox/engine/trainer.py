@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from multibox.config import config_to_dict
-from multibox.engine.checkpoint import capture_rng_state, model_checkpoint
+from multibox.engine.rng import capture_rng_state
 from multibox.engine.run import TrainingRun, set_train_mode
 from multibox.loss import multibox_loss
 from multibox.runtime import autocast_context
+from multibox.weights.checkpoint import model_checkpoint
 
 __all__ = ["Hook", "NonFiniteLossError", "Trainer"]
 

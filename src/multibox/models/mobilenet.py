@@ -1,7 +1,7 @@
 """SSDLite320 on MobileNetV3-Large (Howard et al. 2019, "Searching for MobileNetV3", arXiv:1905.02244, §6.3).
 
 The backbone is MobileNetV3-Large (Table 1) with torchvision's module layout, so that torchvision's ImageNet
-weights load by name (:func:`load_torchvision_mobilenet_v3_large`):
+weights load by name (:func:`multibox.weights.imagenet.load_torchvision_mobilenet_v3_large`):
 
 ==================================  ===========================================================================
 key                                 what
@@ -32,16 +32,15 @@ classifier does not, so ImageNet weights load into ``reduce_tail=False`` models 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multibox.models.convert import LoadReport, load_renamed
 from multibox.models.ssd import SSD, _flatten_predictions, check_num_classes
-from multibox.models.tiny import IMAGENET_MEAN, IMAGENET_STD
 from multibox.models.zoo import register_model, resolve_prior_spec
+from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from multibox.priors import PriorSpec, paper_scales
 from multibox.structures import Prediction
 
@@ -57,7 +56,6 @@ __all__ = [
     "SqueezeExcite",
     "conv_bn_act",
     "extra_block",
-    "load_torchvision_mobilenet_v3_large",
     "make_divisible",
     "ssdlite320_mobilenet_v3",
     "ssdlite_prior_spec",
@@ -380,44 +378,3 @@ def ssdlite320_mobilenet_v3(
     backbone = MobileNetV3Backbone(width_mult=width_mult, reduce_tail=reduce_tail)
     name = "ssdlite320_mobilenet_v3"
     return SSD(backbone, num_classes, image_size, spec, mean=mean, std=std, name=name, make_head=SSDLiteHead)
-
-
-def load_torchvision_mobilenet_v3_large(
-    model: SSD | MobileNetV3Backbone, state_dict: Mapping[str, Tensor]
-) -> LoadReport:
-    """Load torchvision's ImageNet ``mobilenet_v3_large`` weights into the backbone (not the extras or heads).
-
-    ``features.*`` keys load by name onto ``backbone.features``; ``classifier.*`` (the ImageNet classifier) is
-    ignored. Every shape is checked before anything is copied.
-
-    Args:
-        model: an SSD built by :func:`ssdlite320_mobilenet_v3` with ``reduce_tail=False`` (and the width multiplier
-            of the weights), or its backbone.
-        state_dict: e.g. ``torch.load("mobilenet_v3_large-8738ca79.pth")``.
-
-    Returns:
-        :class:`~multibox.models.convert.LoadReport` (loaded and ignored torchvision keys).
-
-    Raises:
-        ValueError: naming the key and the expected and found shapes on a mismatch (a ``reduce_tail=True`` model
-            fails on ``features.13.block.3``), the missing keys of a truncated state dict, or a key that is not
-            torchvision MobileNetV3-Large's.
-    """
-    backbone = model.backbone if isinstance(model, SSD) else model
-    if not isinstance(backbone, MobileNetV3Backbone):
-        raise TypeError(f"expected an ssdlite320_mobilenet_v3 model or its backbone, got {type(backbone).__name__}")
-
-    def rename(key: str) -> str | None:
-        if key.startswith("classifier."):
-            return None
-        if key.startswith("features."):
-            return key
-        raise ValueError(f"{key!r} is not a torchvision mobilenet_v3_large key (features.* or classifier.*)")
-
-    required = [k for k in backbone.state_dict() if k.startswith("features.")]
-    try:
-        return load_renamed(backbone, state_dict, rename, required, "torchvision mobilenet_v3_large")
-    except ValueError as err:
-        if "do not fit" in str(err) and backbone.reduce_tail:
-            raise ValueError(f"{err}; torchvision's ImageNet weights need reduce_tail=False") from None
-        raise

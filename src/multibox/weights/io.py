@@ -1,10 +1,9 @@
-"""Checkpoints: atomic, checksummed writes, safe loading, full training state including every RNG.
+"""Weight files: atomic, checksummed ``.pt`` writes, safe loading, ``.safetensors`` both ways.
 
-A checkpoint is a dict of tensors and plain Python values (no pickled classes), so that it loads with
+A file is a dict of tensors and plain Python values (no pickled classes), so that it loads with
 ``torch.load(..., weights_only=True)``: a file that would run code when unpickled is refused, and nothing in it
-runs. It holds the model's state and build arguments (so that the network can be rebuilt without the config), the
-preprocessing (mean, std, input size) and class names that travel with the weights, and, for resuming, the
-optimizer, scheduler, grad scaler, step and RNG states.
+runs. What a multibox checkpoint holds is defined in :mod:`multibox.weights.checkpoint`; this module reads and
+writes any such dict (also the foreign weights the converters read).
 
 Integrity. :func:`save_checkpoint` stores ``model_sha256``, a SHA-256 over the model state's names, dtypes, shapes
 and bytes (:func:`state_dict_sha256`), and :func:`load_checkpoint` checks it: torch's zip container does not notice
@@ -24,7 +23,6 @@ import hashlib
 import json
 import os
 import pickle
-import random
 import re
 import socket
 import tempfile
@@ -34,24 +32,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from multibox.files import write_error
-from multibox.user_input import short
 
 __all__ = [
-    "CHECKPOINT_VERSION",
     "ORPHAN_AGE_S",
     "CheckpointError",
-    "capture_rng_state",
     "load_checkpoint",
-    "load_model_state",
     "load_safetensors",
-    "model_checkpoint",
-    "model_from_checkpoint",
-    "restore_rng_state",
     "save_checkpoint",
     "save_safetensors",
     "state_dict_sha256",
@@ -59,9 +48,6 @@ __all__ = [
 ]
 
 
-#: The version of the checkpoint layout written by :func:`model_checkpoint` (absent in older checkpoints: 0;
-#: 2 adds ``model_sha256``).
-CHECKPOINT_VERSION = 2
 #: Temporary files of unknown writers older than this (seconds) are orphans of a killed write.
 ORPHAN_AGE_S = 3600.0
 
@@ -69,67 +55,6 @@ ORPHAN_AGE_S = 3600.0
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, refused (code in it), corrupt, non-finite, or not fitting the model;
     the message names the file."""
-
-
-def model_checkpoint(
-    model: torch.nn.Module, classes: list[str] | tuple[str, ...], config: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    """What inference needs of a trained model: weights, build arguments, preprocessing, class names (and config).
-
-    Args:
-        model: an SSD built by a registered builder (``model.config_dict()`` rebuilds it).
-        classes: the foreground class names, label ``k`` is ``classes[k - 1]``.
-        config: the training config as plain dicts, if any.
-        **extra: further plain entries (the training state of a ``last.pt``, the metrics of a ``best.pt``).
-
-    Returns:
-        ``{"format_version", "model", "model_args", "preprocess", "classes", ["config"], ...}``; saving adds
-        ``"model_sha256"``.
-    """
-    ckpt: dict[str, Any] = {
-        "format_version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "model_args": model.config_dict(),
-        "preprocess": model.preprocess.to_dict(),
-        "classes": list(classes),
-    }
-    if config is not None:
-        ckpt["config"] = config
-    ckpt.update(extra)
-    return ckpt
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The state of Python's, NumPy's and torch's (CPU and CUDA) generators, as tensors and ints."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the legacy global state is what users seed
-    state: dict[str, Any] = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Undo :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def state_dict_sha256(state: Mapping[str, Any]) -> str:
@@ -354,62 +279,3 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({e})") from e
     return ckpt
-
-
-def load_model_state(
-    model: nn.Module, state: dict[str, Any], source: str, strict: bool = True
-) -> tuple[list[str], list[str]]:
-    """``model.load_state_dict(state)`` with clear errors instead of torch's state-dict traceback.
-
-    Args:
-        model: the network.
-        state: its weights (from ``source``).
-        source: the file they come from, for messages.
-        strict: every key of the model must be in ``state`` and no other (else only the shapes are checked).
-
-    Returns:
-        ``(missing, unexpected)`` keys (empty with ``strict``).
-
-    Raises:
-        CheckpointError: a tensor's shape differs (the message names the key and both shapes), or, with ``strict``,
-            keys are missing or unexpected.
-    """
-    own = model.state_dict()
-    differ = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
-    if differ:
-        k = differ[0]
-        hint = " (another number of classes?)" if ".conf." in k or k.startswith("conf") else ""
-        raise CheckpointError(
-            f"{source}: weights do not fit the model: {k} is {list(state[k].shape)} in the file but "
-            f"{list(own[k].shape)} in the model{hint}; {len(differ)} tensor(s) differ"
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"{source}: weights do not fit the model: missing {short(missing, 200)}, "
-            f"unexpected {short(unexpected, 200)}"
-        )
-    return missing, unexpected
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
-    """Rebuild a model from a checkpoint written by :func:`multibox.train` and load its weights.
-
-    Args:
-        ckpt: the loaded checkpoint.
-        source: its file, for messages.
-
-    Raises:
-        CheckpointError: (a ``ValueError``) not a multibox checkpoint, or its weights do not fit the model it names
-            (the message names the first key that differs and both shapes).
-    """
-    from multibox.models import create_model_from_config
-
-    if "model_args" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(
-            f"{source}: not a multibox checkpoint: it has no 'model_args'/'model' entries (convert it first: "
-            "multibox convert)"
-        )
-    model = create_model_from_config(ckpt["model_args"])
-    load_model_state(model, ckpt["model"], str(source))
-    return model

@@ -1,20 +1,35 @@
-"""Loading ImageNet classifier weights laid out by another library into a backbone, key by key, shape by shape.
+"""The key renamer: weights laid out by another library mapped onto ours, key by key, shape by shape.
 
-The converters (:func:`multibox.models.mobilenet.load_torchvision_mobilenet_v3_large`,
-:func:`multibox.models.resnet.load_torchvision_resnet50`) describe a layout as a ``rename`` function from a source
-key to a backbone key (None: deliberately not used, e.g. the classifier) and the backbone keys that must be filled.
-:func:`load_renamed` checks everything before it copies anything, so a failed load leaves the model untouched.
+Two forms. The ImageNet backbone loaders (:mod:`multibox.weights.imagenet`,
+:func:`multibox.models.efficientnet_lite.load_imagenet_efficientnet_lite`) describe a layout as a ``rename``
+function from a source key to a backbone key (None: deliberately not used, e.g. the classifier) and the backbone
+keys that must be filled; :func:`load_renamed` checks everything before it copies anything, so a failed load leaves
+the model untouched. The detector converters (:mod:`multibox.weights.ssd_pytorch`,
+:mod:`multibox.weights.torchvision`) give a full ``{source key: our key}`` mapping to :func:`remap_state_dict`
+and return a :class:`Converted`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LoadReport", "load_renamed"]
+__all__ = [
+    "ConversionError",
+    "Converted",
+    "LoadReport",
+    "classes_from_conf",
+    "flip_input_channels",
+    "keys_seen",
+    "load_renamed",
+    "remap_state_dict",
+    "state_shapes",
+    "strip_module_prefix",
+]
 
 # Buffers that some checkpoints lack (saved before BatchNorm counted its batches); ours are kept when absent.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
@@ -95,3 +110,121 @@ def load_renamed(
         for new, value in pairs:
             own[new].copy_(value)  # state_dict() tensors share storage with the parameters and buffers
     return LoadReport(loaded, ignored)
+
+
+class ConversionError(ValueError):
+    """A source state dict does not have the layout or the shapes a converter expects."""
+
+
+@dataclass
+class Converted:
+    """The result of a converter.
+
+    Attributes:
+        state_dict: multibox keys -> tensors (a full model's, or ``backbone.features.*`` only for a base).
+        model: the multibox model with the weights loaded (None for a base-only conversion).
+        mean: the RGB mean (0-255 units) the weights expect.
+        std: the RGB std (0-255 units) the weights expect.
+        classes: foreground class names, when known.
+        source: the layout converted from.
+        notes: what the user should know (preprocessing, priors).
+    """
+
+    state_dict: dict[str, Tensor]
+    model: nn.Module | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    classes: list[str] = field(default_factory=list)
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A multibox checkpoint: ``model``, ``preprocess``, ``source`` and, for a full model, ``model_args`` and
+        ``classes`` (so that ``multibox detect/eval/export --weights`` can rebuild it); a base-only one loads as
+        ``train.init_weights``."""
+        ckpt: dict[str, Any] = {
+            "model": self.state_dict,
+            "preprocess": {"mean": list(self.mean), "std": list(self.std)},
+            "source": self.source,
+        }
+        if self.model is not None:
+            ckpt["model_args"] = self.model.config_dict()
+            ckpt["preprocess"]["image_size"] = list(self.model.image_size)
+            ckpt["classes"] = list(self.classes)
+        return ckpt
+
+
+def state_shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{prefix + key: shape}`` of a module's state dict."""
+    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def remap_state_dict(
+    source: Mapping[str, Tensor],
+    mapping: Mapping[str, str],
+    expected: Mapping[str, tuple[int, ...]],
+    what: str,
+    ignore: Callable[[str], bool] = lambda key: False,
+) -> dict[str, Tensor]:
+    """``{mapping[k]: source[k]}``, checking keys and shapes; errors name the source key and both shapes."""
+    missing = [k for k in mapping if k not in source]
+    if missing:
+        raise ConversionError(
+            f"{what}: {len(missing)} of {len(mapping)} expected keys are missing, e.g. {missing[:4]} "
+            f"(a truncated file, or another architecture)"
+        )
+    unexpected = sorted(k for k in source if k not in mapping and not ignore(k))
+    if unexpected:
+        raise ConversionError(
+            f"{what}: {len(unexpected)} unexpected keys, e.g. {unexpected[:4]} (another architecture or size?)"
+        )
+    out = {}
+    for src, dst in mapping.items():
+        tensor = source[src]
+        if not isinstance(tensor, Tensor):
+            raise ConversionError(f"{what}: {src} is a {type(tensor).__name__}, not a tensor")
+        if tuple(tensor.shape) != tuple(expected[dst]):
+            raise ConversionError(
+                f"{what}: {src} has shape {list(tensor.shape)}, expected {list(expected[dst])} (for {dst})"
+            )
+        out[dst] = tensor.detach().clone()
+    return out
+
+
+def strip_module_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop a ``module.`` prefix left by ``nn.DataParallel`` (on every key, or none)."""
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module.") :]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def flip_input_channels(sd: dict[str, Tensor], key: str, input_order: str) -> None:
+    """For ``input_order="bgr"``, reverse the input channels of the convolution ``sd[key]`` (in place)."""
+    if input_order not in ("rgb", "bgr"):
+        raise ValueError(f"input_order must be 'rgb' or 'bgr', got {input_order!r}")
+    if input_order == "bgr":  # weights for B, G, R inputs -> weights for R, G, B inputs
+        sd[key] = sd[key].flip(1).contiguous()
+
+
+def classes_from_conf(sd: Mapping[str, Tensor], key: str, boxes: int, what: str, num_classes: int | None) -> int:
+    """The class count a ``conf`` conv encodes (``boxes * C`` outputs), checked against ``num_classes``."""
+    if key not in sd:
+        raise ConversionError(f"{what}: missing {key} (a truncated file, or another architecture)")
+    out = int(sd[key].shape[0])
+    if out % boxes:
+        raise ConversionError(f"{what}: {key} has {out} outputs, not a multiple of its {boxes} boxes per location")
+    found = out // boxes
+    if num_classes is not None and found != num_classes:
+        raise ConversionError(
+            f"{what}: {key} has shape {list(sd[key].shape)} = {boxes} boxes x {found} classes, but num_classes="
+            f"{num_classes} was asked (num_classes counts the background)"
+        )
+    if found < 2:
+        raise ConversionError(f"{what}: {key} encodes {found} class(es); at least 2 (background + 1) are needed")
+    return found
+
+
+def keys_seen(keys: Iterable[str], count: int = 6) -> str:
+    """``"saw N keys: [first few sorted]"`` for error messages."""
+    names = sorted(keys)
+    return f"saw {len(names)} keys: {names[:count]}{' ...' if len(names) > count else ''}"
