@@ -89,7 +89,7 @@ class ExportResult:
 
 def _at_size(model: nn.Module, image_size: int | Sequence[int] | None) -> nn.Module:
     """``model`` itself, or the same weights rebuilt through the registry for another input size."""
-    from multibox.models.ssd import to_hw
+    from multibox.preprocess import to_hw
 
     if image_size is None or to_hw(image_size) == tuple(model.image_size):
         return model

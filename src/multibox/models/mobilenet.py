@@ -34,15 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multibox.models.ssd import SSD, _flatten_predictions, check_num_classes
+from multibox.models.heads import PredictionHead
+from multibox.models.ssd import SSD
 from multibox.models.zoo import register_model, resolve_prior_spec
 from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from multibox.priors import PriorSpec, paper_scales
-from multibox.structures import Prediction
 
 __all__ = [
     "BN_EPS",
@@ -276,11 +275,11 @@ class MobileNetV3Backbone(nn.Module):
         return sources
 
 
-class SSDLiteHead(nn.Module):
+class SSDLiteHead(PredictionHead):
     """SSDLite predictors (MobileNetV2 paper §6.2): per map, a 3x3 depthwise conv + BatchNorm + ReLU6, then 1x1.
 
     Map ``k`` with ``K_k`` priors per cell gets ``loc[k]: C_k -> K_k * 4`` and ``conf[k]: C_k -> K_k * C``; the
-    outputs are flattened in the same order as :class:`~multibox.models.ssd.MultiboxHead`'s.
+    outputs are flattened as every :class:`~multibox.models.heads.PredictionHead`'s.
 
     Args:
         in_channels: channels of each source map (measured on the backbone).
@@ -289,15 +288,7 @@ class SSDLiteHead(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int) -> None:
-        super().__init__()
-        if len(in_channels) != len(boxes_per_location):
-            raise ValueError(f"{len(in_channels)} source maps but {len(boxes_per_location)} boxes-per-location entries")
-        self.num_classes = check_num_classes(num_classes)
-        self.boxes_per_location = [int(k) for k in boxes_per_location]
-        pairs = list(zip(in_channels, self.boxes_per_location, strict=True))
-        self.loc = nn.ModuleList(self._predictor(c, k * 4) for c, k in pairs)
-        self.conf = nn.ModuleList(self._predictor(c, k * num_classes) for c, k in pairs)
-        self.init_weights()
+        super().__init__(in_channels, boxes_per_location, num_classes, self._predictor)
 
     @staticmethod
     def _predictor(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -308,16 +299,6 @@ class SSDLiteHead(nn.Module):
     def init_weights(self) -> None:
         """``N(0, 0.03)`` conv weights, zero biases (torchvision ``_normal_init``)."""
         _normal_init(self)
-
-    def forward(self, features: Sequence[Tensor]) -> Prediction:
-        """``[Tensor[B, C_k, h_k, w_k]]`` -> ``Prediction(Tensor[B, A, num_classes], Tensor[B, A, 4])``."""
-        if len(features) != len(self.loc):
-            raise ValueError(f"the head has {len(self.loc)} predictors but got {len(features)} feature maps")
-        deltas, logits = [], []
-        for x, loc, conf in zip(features, self.loc, self.conf, strict=True):
-            deltas.append(_flatten_predictions(loc(x), 4))  # (B, K*4, h, w) -> (B, h*w*K, 4)
-            logits.append(_flatten_predictions(conf(x), self.num_classes))  # (B, K*C, h, w) -> (B, h*w*K, C)
-        return Prediction(cls_logits=torch.cat(logits, dim=1), box_deltas=torch.cat(deltas, dim=1))
 
 
 def ssdlite_prior_spec(

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from multibox.models.ssd import SSD, check_num_classes
+from multibox.models.heads import check_num_classes
+from multibox.models.ssd import SSD
 from multibox.priors import PRIOR_PRESETS, PriorSpec
 
 __all__ = [
