@@ -1,4 +1,4 @@
-"""Agreement of int8 variants with fp32 on a trained checkpoint (nothing asserted; figures for the issue note).
+"""Agreement of int8 variants with fp32 on a trained checkpoint (nothing asserted; figures for benchmarks/README.md).
 
     python benchmarks/int8_variants.py WEIGHTS [--images 64] [--variants default torch stem-float,calib128 ...]
 

@@ -1,4 +1,4 @@
-"""ONNX export of an SSD, with or without post-processing, checked against onnxruntime (DESIGN.md §12).
+"""ONNX export of an SSD, with or without post-processing, checked against onnxruntime.
 
 :func:`export_onnx` writes a graph that takes a normalised float image batch ``images [B, 3, H, W]`` and returns
 either padded detections ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]``, ``num_detections [B]`` with the

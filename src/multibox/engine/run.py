@@ -1,6 +1,6 @@
 """A training run composed from a config: data, model (priors fitted to the data), optimizer, schedule, resume state.
 
-:func:`build_run` is the only place a training config is read (DESIGN.md §3); the :class:`~multibox.engine.trainer.
+:func:`build_run` is the only place a training config is read; the :class:`~multibox.engine.trainer.
 Trainer` and its hooks take the :class:`TrainingRun` it returns. Under ``torchrun`` (``WORLD_SIZE > 1``) the model is
 wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and each rank reads its own shard of the batches.
 """

@@ -47,7 +47,7 @@ _MAX_SEARCH_SIZE = 8192
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What the model expects of its input; stored with the weights (DESIGN.md §7).
+    """What the model expects of its input; stored with the weights.
 
     Images are RGB float tensors in 0-255 pixel units, resized to ``image_size`` outside the model, then
     normalised as ``(x - mean) / std`` per channel.

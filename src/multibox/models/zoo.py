@@ -1,4 +1,4 @@
-"""A small registry of model builders (DESIGN.md §5; like torchvision ``_api.py`` and timm ``_registry.py``).
+"""A small registry of model builders (like torchvision ``_api.py`` and timm ``_registry.py``).
 
 A builder is a function ``builder(num_classes, *, image_size=..., ...) -> SSD`` that spells out the paper's
 defaults in its signature. ``@register_model`` records it under its function name; :func:`create_model` looks it up
