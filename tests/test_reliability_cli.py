@@ -473,20 +473,47 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
-def test_train_and_eval_skip_an_unreadable_image_and_say_so_in_the_exit_code(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_and_eval_skip_unreadable_images_and_say_so_in_the_exit_code(tmp_path, capfd, workers):
+    """One image whose header is truncated (left out when the set is built) and one whose pixels fail (left out of
+    its batch, in a worker process with ``workers=1``): both warned naming the file, counted, exit 1."""
     from multibox.data import ShapesDataset, write_voc
 
     write_voc(ShapesDataset(8, 64, seed=3), tmp_path / "voc", "train")
-    bad = sorted((tmp_path / "voc" / "JPEGImages").iterdir())[1]
+    cut, bad = sorted((tmp_path / "voc" / "JPEGImages").iterdir())[1:3]
+    cut.write_bytes(cut.read_bytes()[:1000])  # the header check finds it: the PNG has no IEND
     data = bytearray(bad.read_bytes())
     data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: found when the image is decoded
     bad.write_bytes(bytes(data))
     extra = {"data.kind": "voc", "data.root": str(tmp_path / "voc"), "data.train_split": "train"}
-    extra["data.val_split"] = "train"
+    extra.update({"data.val_split": "train", "data.num_workers": workers})
     assert main(_train_args(tmp_path / "run", **extra)) == ExitCode.SKIPPED == 1
-    out, err = capsys.readouterr()
-    assert "training image(s) could not be read and were skipped" in out and bad.name in err
-    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == ExitCode.SKIPPED
-    out, err = capsys.readouterr()
-    assert "1 image(s) could not be read and were left out of the metric" in out and bad.name in err
+    out, err = capfd.readouterr()
     assert "Traceback" not in err
+    assert "1 training image(s) could not be used and were left out (see the warnings)" in out
+    assert re.search(r"training batches left out [1-9]\d* image read\(s\) that failed", out), out
+    warned = [line for line in err.splitlines() if line.startswith("multibox train: warning: ")]
+    assert len(warned) == 2, err
+    assert f"skipped 1 unreadable file(s) in 1 file(s): {cut}: cannot read image header: truncated" in warned[0]
+    assert f"{bad}: cannot decode image: corrupt: PNG chunk IDAT at byte 33 has a bad CRC" in warned[1]
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == ExitCode.SKIPPED
+    out, err = capfd.readouterr()
+    assert re.search(r"^images\s+6$", out, re.M), out  # 8 in the split, 2 left out
+    assert "2 image(s) could not be read and were left out of the metric" in out
+    assert cut.name in err and bad.name in err and "Traceback" not in err
+
+
+def test_a_set_with_an_unusable_file_but_nothing_else_wrong_exits_1(tmp_path, capsys):
+    """Only a file left out when the set was built (nothing fails later): still reported, still exit 1."""
+    from multibox.data import ShapesDataset, write_voc
+
+    write_voc(ShapesDataset(6, 64, seed=4), tmp_path / "voc", "train")
+    (tmp_path / "voc" / "JPEGImages" / sorted((tmp_path / "voc" / "JPEGImages").iterdir())[0].name).write_bytes(b"")
+    extra = {"data.kind": "voc", "data.root": str(tmp_path / "voc"), "data.train_split": "train"}
+    assert main(_train_args(tmp_path / "run", **{**extra, "data.val_split": "train"})) == 1
+    out = capsys.readouterr().out
+    assert "1 training image(s) could not be used" in out and "image read(s)" not in out
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == 1
+    assert "1 image(s) could not be read and were left out of the metric" in capsys.readouterr().out
+    assert main(_train_args(tmp_path / "run2", **{**extra, "data.val_split": "train", "data.on_error": "raise"})) == 3
+    assert "empty file" in capsys.readouterr().err

@@ -256,10 +256,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
         key = "AP" if "AP" in last else "mAP"
         print(f"validation {key}: {last.get(key, float('nan')):.4f} at the end, best {r.best[1]:.4f} at step "
               f"{r.best[0]} ({r.best_checkpoint})")  # fmt: skip
+    if r.skipped_when_built:
+        print(f"{r.skipped_when_built} training image(s) could not be used and were left out (see the warnings)")
     if r.skipped_images:
-        print(f"{r.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
-        return int(ExitCode.SKIPPED)
-    return 0
+        print(
+            f"training batches left out {r.skipped_images} image read(s) that failed (an image counts each time it "
+            "is drawn; see the warnings)"
+        )
+    return int(ExitCode.SKIPPED) if r.skipped_when_built or r.skipped_images else 0
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:

@@ -29,10 +29,14 @@ __all__ = [
     "IssueLog",
     "OnError",
     "check_boxes",
+    "skipped_when_built",
     "unusable_item",
 ]
 
 OnError = Literal["raise", "skip"]
+
+#: Issue kinds that leave an image out of a dataset when it is built (``on_error="skip"``).
+_SKIPPED_IMAGE_KINDS = ("skipped_file", "bad_entry")
 
 #: How many file names a summary line lists before "and N more".
 _MAX_FILES_LISTED = 5
@@ -101,6 +105,10 @@ class IssueLog:
             out[issue.kind].append(issue)
         return dict(out)
 
+    def skipped_images(self) -> int:
+        """How many images were left out: distinct files of ``skipped_file`` and ``bad_entry`` issues."""
+        return len({i.file for i in self.issues if i.kind in _SKIPPED_IMAGE_KINDS})
+
     def summary(self) -> str:
         """One line per kind of issue: what was done, how many times, in which files."""
         lines = []
@@ -120,6 +128,13 @@ class IssueLog:
         """Emit one :class:`DatasetWarning` for everything collected (nothing when there is nothing)."""
         if self.issues:
             warnings.warn(f"{owner}: {self.summary()}", DatasetWarning, stacklevel=stacklevel)
+
+
+def skipped_when_built(dataset: object) -> int:
+    """How many images a dataset reader left out when it was built (it warned naming them): its ``log``'s
+    :meth:`IssueLog.skipped_images`, 0 for a dataset without one."""
+    log = getattr(dataset, "log", None)
+    return log.skipped_images() if isinstance(log, IssueLog) else 0
 
 
 def unusable_item(owner: str, index: int, exc: Exception, on_error: OnError) -> None:

@@ -49,6 +49,8 @@ class TrainingRun:
         out_dir: where checkpoints and logs go.
         prior_fit: what :func:`fit_model_priors` decided (None when the config names fixed priors, or on resume).
         elapsed_s: training seconds spent before this run (from a resumed checkpoint), for the time budget.
+        skipped_when_built: training images the reader left out when it was built (unreadable or unusable files,
+            ``data.on_error=skip``; it warned naming them).
     """
 
     config: Config
@@ -71,6 +73,7 @@ class TrainingRun:
     out_dir: Path = field(default_factory=lambda: Path("runs/exp"))
     prior_fit: Any = None
     elapsed_s: float = 0.0
+    skipped_when_built: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -266,6 +269,7 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     if resume == "auto":
         resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
     ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
+    from multibox.data.checks import skipped_when_built
 
     raw = build_dataset(config.data, "train", config.model.image_size)
     if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
@@ -331,4 +335,5 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         out_dir=out_dir,
         prior_fit=fit,
         elapsed_s=elapsed,
+        skipped_when_built=skipped_when_built(raw),
     )
