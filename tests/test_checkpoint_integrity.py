@@ -107,6 +107,24 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, bad):
     assert str(e.value).startswith(f"{path}: weight head.conf.2.bias has 2 NaN/infinite value(s) of {n}")
 
 
+def test_all_nan_weights_are_refused_at_the_command_line(tmp_path, capsys):
+    """The issue's case: every weight NaN (a diverged run's last save); refused naming the first tensor, exit 3."""
+    model = _tiny()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    path = _saved(tmp_path, model)
+    first, tensor = next((k, v) for k, v in model.state_dict().items() if v.is_floating_point())
+    message = f"{path}: weight {first} has {tensor.numel()} NaN/infinite value(s) of {tensor.numel()}: the model "
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(message) and "use an earlier checkpoint" in str(e.value)
+    Image.new("RGB", (20, 20)).save(tmp_path / "p.jpg")
+    assert main(["detect", str(tmp_path / "p.jpg"), "--weights", str(path), "--out", str(tmp_path / "o")]) == 3
+    assert capsys.readouterr().err == f"multibox detect: error: {e.value}\n"
+    assert not (tmp_path / "o" / "detections.json").exists()
+
+
 def test_another_class_count_names_the_key_and_both_shapes(tmp_path, capsys):
     five, three = _tiny(5), _tiny(3)
     ckpt = model_checkpoint(five, ["a", "b", "c", "d"])

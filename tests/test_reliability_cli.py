@@ -247,6 +247,40 @@ def test_detect_skips_bad_files_and_keeps_outputs_apart(runtime, messy_folder, t
     assert by_name == {**skipped, "missing.jpg": "no such file or folder"}
 
 
+def test_detect_on_501_images_with_one_truncated_writes_the_500(tmp_path, tiny_ckpt, capsys):
+    """The issue's case: one truncated JPEG among 501 images, read in batches of 16 (the bad one inside a batch),
+    plus a PNG without its end and one with a bad CRC given by name: every good image gets its output, exit 1."""
+    root = tmp_path / "many"
+    for i in range(501):
+        _image(root / f"{i:03d}.jpg", i, (12, 16))
+    cut = root / "250.jpg"
+    cut.write_bytes(cut.read_bytes()[:-10])  # the end of its scan data
+    pngs = [_image(tmp_path / name, k) for k, name in enumerate(["cut.png", "crc.png"])]
+    pngs[0].write_bytes(pngs[0].read_bytes()[:-12])
+    data = bytearray(pngs[1].read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF
+    pngs[1].write_bytes(bytes(data))
+    out = tmp_path / "out"
+    argv = ["detect", str(root), *map(str, pngs), "--weights", str(tiny_ckpt), "--out", str(out)]
+    assert main([*argv, "--batch-size", "16", "--score", "0.9"]) == ExitCode.SKIPPED
+    printed, err = capsys.readouterr()
+    assert "500 images processed (" in printed and "3 skipped (3 cannot decode)" in printed
+    assert err.splitlines() == [
+        f"multibox detect: warning: {cut}: skipped: cannot decode (truncated: the JPEG has no end-of-image "
+        "marker (EOI))",
+        f"multibox detect: warning: {pngs[0]}: skipped: cannot decode (truncated: the PNG has no IEND chunk (the "
+        "file ends after chunk IDAT))",
+        f"multibox detect: warning: {pngs[1]}: skipped: cannot decode (corrupt: PNG chunk IDAT at byte 33 has a bad "
+        "CRC)",
+    ]
+    records = json.loads((out / "detections.json").read_text())
+    assert sorted(Path(r["image"]).name for r in records) == [f"{i:03d}.jpg" for i in range(501) if i != 250]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".jpg") == [
+        f"{i:03d}_det.jpg" for i in range(501) if i != 250
+    ]
+    assert [s["image"] for s in json.loads((out / "skipped.json").read_text())] == [str(cut), *map(str, pngs)]
+
+
 def test_detect_policy_raise_and_nothing_readable(messy_folder, tiny_ckpt, tmp_path, capsys):
     root, _ = messy_folder
     args = ["--weights", str(tiny_ckpt), "--out", str(tmp_path / "o")]
@@ -446,13 +480,23 @@ def test_python_m_multibox_prints_messages_not_tracebacks(tmp_path, messy_folder
     assert p.returncode == 2 and p.stderr == "multibox train: error: train.clip_grad_norm must be > 0, got -1.0\n"
 
 
-def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path):
+def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path, capsys):
+    """A real ``multibox train``: a second run on its out_dir meanwhile is refused (exit 7, its files untouched);
+    Ctrl-C then ends the first with exit 130 and one line."""
     args = _train_args(tmp_path / "run", **{"train.max_iters": 100_000, "data.shapes_train": 64})
     proc = subprocess.Popen([sys.executable, "-m", "multibox", *args], stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 60
     while not (tmp_path / "run" / "metrics.jsonl").is_file() or not (tmp_path / "run" / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert main(_train_args(tmp_path / "run")) == ExitCode.LOCKED
+    line = _error_line(capsys, "train")
+    assert line.startswith(
+        f"multibox train: error: {tmp_path / 'run'} is in use by another training run (pid {proc.pid}"
+    )
+    assert set(files) <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert proc.poll() is None  # the first run goes on
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

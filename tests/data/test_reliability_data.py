@@ -332,6 +332,30 @@ def test_voc_set_without_any_box_says_so(make_voc, tmp_path, capsys) -> None:
     assert "has a box: 3 image(s) read" in err and "num_classes" not in err
 
 
+@pytest.mark.parametrize("crowd", [False, True], ids=["no_annotations", "only_crowd"])
+def test_coco_set_without_any_box_says_so(tmp_path, capsys, crowd) -> None:
+    """No annotation at all, or only crowd regions (not training targets): refused before training, exit 3."""
+    data = _valid()
+    data["annotations"] = [dict(data["annotations"][1], iscrowd=1)] if crowd else []
+    images_dir, ann = _coco(tmp_path, data, IMAGES)
+    argv = [
+        "train",
+        "ssd_tiny_shapes",
+        "--no-progress",
+        "--set",
+        "data.kind=coco",
+        "--set",
+        f"train.out_dir={tmp_path}",
+    ]
+    argv += ["--set", f"data.train_images={images_dir}", "--set", f"data.train_annotations={ann}"]
+    assert main(argv) == 3
+    assert capsys.readouterr().err == (
+        f"multibox train: error: no image of the training set COCODetection(images_dir='{images_dir}', images=3) "
+        "has a box: there is nothing to learn\n"
+    )
+    assert not (tmp_path / "last.pt").exists()
+
+
 def test_scan_reports_bad_coco_entries_and_keeps_going(tmp_path) -> None:
     data = _valid()
     data["annotations"][0]["iscrowd"] = "0"

@@ -260,6 +260,7 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
 
     Raises:
         ValueError: a class count that disagrees with the data, batch sizes that do not divide, bad weights.
+        DatasetError: (a ``ValueError``) no image of the training set has a box.
     """
     tc = config.train
     rank, world, owns_pg = _distributed()
@@ -269,11 +270,11 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     if resume == "auto":
         resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
     ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
-    from multibox.data.checks import skipped_when_built
+    from multibox.data.checks import DatasetError, skipped_when_built
 
     raw = build_dataset(config.data, "train", config.model.image_size)
-    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
-        raise ValueError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
+    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:  # a data problem (exit 3), as VOCDetection's own check
+        raise DatasetError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
     classes = tuple(raw.classes)
     model, fit = _model(config, raw, _num_classes(config, classes), ckpt)
     dataset = _train_dataset(config, raw, model)
