@@ -113,6 +113,20 @@ def test_bad_settings_name_the_setting_and_exit_2(override, message, capsys):
     assert line == f"multibox train: error: {e.value}"
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ("{width: 0}", "width must be a positive int, got 0"),
+        ("{mean: [.nan, 1, 1]}", "Preprocess.mean must be finite numbers, got (nan, 1.0, 1.0)"),  # was a NaN loss
+        ("{std: [1, 0, 1]}", "Preprocess.std must be positive, got (1.0, 0.0, 1.0)"),
+    ],
+)
+def test_bad_model_arguments_are_refused_before_training(kwargs, message, tmp_path, capsys):
+    assert main([*_train_args(tmp_path / "run"), "--set", f"model.kwargs={kwargs}"]) == ExitCode.USAGE
+    assert _error_line(capsys, "train") == f"multibox train: error: {message}"
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_bad_config_files(tmp_path):
     bomb = "a0: &a0 [1,1,1,1,1,1,1,1,1]\n" + "".join(
         f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)
@@ -161,6 +175,8 @@ BAD_OPTIONS = [
     (["bench", "ssd_tiny", "--paths", "fp64"], "argument --paths: invalid choice: 'fp64'"),
     (["bench", "ssd_tiny", "--num-classes", "1"], "argument --num-classes: must be >= 2, got 1"),
     (["info", "ssd_tiny", "--num-classes", "0"], "argument --num-classes: must be >= 2, got 0"),
+    (["convert", "w.pth", "--out", "o.pt", "--num-classes", "-1"], "argument --num-classes: must be >= 2, got -1"),
+    (["convert", "w.pth", "--out", "o.pt", "--num-classes", "1.5"], "argument --num-classes: expected an integer"),
     (["anchors", "root", "--clusters", "0"], "argument --clusters: must be >= 1, got 0"),
     (["anchors", "root", "--priors", "voc999"], "argument --priors: invalid choice: 'voc999'"),
     (["detect", "x.jpg", "--weights", "w.pt", "--score", "9" * 5000], "argument --score: must be in [0, 1], got '999"),
@@ -224,15 +240,21 @@ def test_detect_skips_bad_files_and_keeps_outputs_apart(runtime, messy_folder, t
         source = ["--weights", str(tiny_ckpt)]
     gif = Image.new("RGB", (30, 20), (200, 10, 10))
     gif.save(tmp_path / "given.gif")  # given by name: read whatever its suffix
+    crc = _image(tmp_path / "crc.png", 9)
+    data = bytearray(crc.read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: the header and the ending are intact
+    crc.write_bytes(bytes(data))
     out = tmp_path / "out"
     capsys.readouterr()
-    argv = ["detect", str(root), str(tmp_path / "given.gif"), str(tmp_path / "missing.jpg"), *source, "--out", str(out)]
+    given = [str(tmp_path / name) for name in ("given.gif", "missing.jpg", "crc.png")]
+    argv = ["detect", str(root), *given, *source, "--out", str(out)]
     assert main(argv) == ExitCode.SKIPPED == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     warned = [line for line in captured.err.splitlines() if line.startswith("multibox detect: warning: ")]
-    assert len(warned) == len(skipped) + 1 and all(": skipped: " in w for w in warned)
-    assert "5 images processed" in captured.out and "9 skipped" in captured.out
+    assert len(warned) == len(skipped) + 2 and all(": skipped: " in w for w in warned)
+    assert f"{crc}: skipped: cannot decode (corrupt: PNG chunk IDAT at byte 33 has a bad CRC)" in warned[-1]
+    assert "5 images processed" in captured.out and "10 skipped" in captured.out
     records = json.loads((out / "detections.json").read_text())
     outputs = {Path(r["image"]).relative_to(tmp_path).as_posix(): Path(r["output"]) for r in records}
     assert {k: v.relative_to(out).as_posix() for k, v in outputs.items()} == {
@@ -244,7 +266,7 @@ def test_detect_skips_bad_files_and_keeps_outputs_apart(runtime, messy_folder, t
     }
     assert all(p.is_file() for p in outputs.values())
     by_name = {Path(s["image"]).name: s["reason"] for s in json.loads((out / "skipped.json").read_text())}
-    assert by_name == {**skipped, "missing.jpg": "no such file or folder"}
+    assert by_name == {**skipped, "missing.jpg": "no such file or folder", "crc.png": "cannot decode"}
 
 
 def test_detect_on_501_images_with_one_truncated_writes_the_500(tmp_path, tiny_ckpt, capsys):

@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     layouts = "ssd.pytorch, ssd.pytorch-base, torchvision or imagenet-vgg16"
     c.add_argument("--from", dest="layout", default=None, help=f"{layouts} (default: guessed from the keys)")
     c.add_argument("--to-safetensors", action="store_true", help="save a multibox checkpoint as safetensors")
-    c.add_argument("--num-classes", type=int, default=None, help="classes incl. background (default: inferred)")
+    c.add_argument(
+        "--num-classes", type=_int_at_least(2), default=None, help="classes incl. background (default: inferred)"
+    )
     c.add_argument("--classes", default=None, help="comma-separated class names to store")
     c.add_argument("--input-order", choices=["rgb", "bgr"], default=None, help="channel order the source expects")
 

@@ -82,6 +82,19 @@ def test_multibox_scan_decode_flag_finds_a_bad_crc(make_voc, capsys) -> None:
     assert "p.png: cannot decode image: corrupt: PNG chunk IDAT at byte 33 has a bad CRC" in out
 
 
+def test_multibox_scan_reports_truncated_images_without_decode(make_voc, capsys) -> None:
+    """The issue's case: scan read headers only and called a cut JPEG or PNG fine; the ending is checked too."""
+    items = [{"id": "ok", "size": (48, 32), "objects": DOG}, {"id": "cut", "size": (48, 32), "objects": DOG}]
+    root = make_voc([*items, {"id": "p", "size": (24, 24), "mode": "RGBA", "objects": DOG}])
+    _truncate(root / "JPEGImages" / "cut.jpg", 0.9)
+    (root / "JPEGImages" / "p.png").write_bytes((root / "JPEGImages" / "p.png").read_bytes()[:-12])
+    assert main(["scan", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "1 images, 1 boxes, 2 error(s)" in out and "error unreadable_image: 2 in 2 file(s)" in out
+    assert "cut.jpg: cannot read image header: truncated: the JPEG has no end-of-image marker (EOI)" in out
+    assert "p.png: cannot read image header: truncated: the PNG has no IEND chunk" in out
+
+
 @needs_fifo
 def test_named_pipe_split_and_coco_file_are_refused(make_voc, tmp_path, unjam) -> None:
     root = make_voc([{"id": "a", "size": (20, 20), "objects": DOG}])
