@@ -329,6 +329,29 @@ def test_coco_crowd_flags_as_int_or_bool(tmp_path) -> None:
     assert COCODetection(images_dir, ann).get_target(0)["labels"].tolist() == [3]  # dog (id 18); the crowd box left out
 
 
+# --- non-finite coordinates -------------------------------------------------------------------------------------
+
+
+def test_non_finite_box_coordinates_are_dropped_and_named_as_such(make_voc, tmp_path) -> None:
+    """'nan', 'inf' and '1e400' in a VOC <bndbox>, NaN and Infinity in COCO JSON (Python's json reads them): dropped
+    with a warning that says why (they were counted as 'degenerate (xmax <= xmin ...)', which NaN is not)."""
+    objects = [("dog", "nan", 2, 9, 9), ("dog", 1, 2, "inf", 9), ("dog", 1, "1e400", 9, 9), ("dog", 5, 2, 3, 9)]
+    root = make_voc([{"id": "a", "size": (20, 20), "objects": [*objects, *DOG]}])
+    with pytest.warns(DatasetWarning) as record:
+        ds = VOCDetection(root)
+    assert ds.get_target(0)["boxes"].tolist() == [[1.0, 1.0, 9.0, 9.0]]  # VOC is 1-based: (2, 2, 9, 9)
+    message = str(record[0].message)
+    assert "dropped 3 box(es) with a NaN or infinite coordinate in 1 file(s): " in message
+    assert "dropped 1 degenerate box(es) (xmax <= xmin or ymax <= ymin) in 1 file(s)" in message
+    data = json.dumps(_valid()).replace("[1.5, 2.5, 3, 4]", "[NaN, 2.5, 3, 4]").replace("[10, 5", "[Infinity, 5")
+    images_dir, ann = _coco(tmp_path, data, IMAGES)
+    with pytest.warns(DatasetWarning, match=r"dropped 2 box\(es\) with a NaN or infinite coordinate in 2 file"):
+        ds = COCODetection(images_dir, ann)
+    assert ds.num_boxes() == 0
+    report = scan_dataset(images_dir, annotation_json=ann)
+    assert report.kinds()["non_finite_box"] == 2 and "NaN or infinite coordinate" in str(report)
+
+
 # --- a set without a single box ------------------------------------------------------------------------------------
 
 
