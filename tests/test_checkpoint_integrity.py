@@ -154,6 +154,23 @@ def test_another_class_count_names_the_key_and_both_shapes(tmp_path, capsys):
     assert line.startswith(f"multibox train: error: {path}: weights do not fit the model: head.conf.0.weight is ")
 
 
+def test_resuming_from_weights_without_a_training_state_says_what_to_do(tmp_path, capsys):
+    """--resume of a best.pt or converted weights (no optimizer, scheduler, step): it was a KeyError, exit 70."""
+    model = _tiny(4)
+    path = save_checkpoint(tmp_path / "best.pt", model_checkpoint(model, ["circle", "square", "triangle"]))
+    args = ["train", "ssd_tiny_shapes", "--no-progress"]
+    for kv in tiny_overrides(tmp_path / "run", **{"train.amp": "none", "train.channels_last": False}):
+        args += ["--set", kv]
+    assert main([*args, "--resume", str(path)]) == 3
+    assert capsys.readouterr().err == (
+        f"multibox train: error: {path}: cannot resume from it: it holds model weights without a training state (no "
+        f"optimizer, scheduler, step, rng); resume from a run's last.pt, or start from these weights with --set "
+        f"train.init_weights={path}\n"
+    )
+    assert main([*args, "--set", f"train.init_weights={path}"]) == 0  # the advice works
+    assert main([*args, "--resume", str(tmp_path / "run" / "last.pt"), "--set", "train.max_iters=3"]) == 0
+
+
 def test_a_checkpoint_from_before_the_checksum_still_loads(tmp_path):
     model = _tiny()
     old = {"model": model.state_dict(), "model_args": model.config_dict(), "classes": ["circle", "square"]}

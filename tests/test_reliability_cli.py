@@ -94,6 +94,7 @@ BAD_SETTINGS = [
     ("data.shapes_min_size=0", "data.shapes_min_size must be in (0, 1], got 0.0"),
     ("data.shapes_max_size=0.05", "data.shapes_min_size (0.12) must not exceed data.shapes_max_size (0.05)"),
     ("train=[]", "section 'train' must be a mapping of key: value, got []"),
+    ("model.kwargs={width: 4, width: 8}", "override 'model.kwargs': key 'width' appears twice in one mapping"),
     ("data=5", "section 'data' must be a mapping of key: value, got 5"),
     ("train.amp=fp8", "train.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),
     # 600 bytes of nested aliases: refused before anything expands them.
@@ -138,6 +139,8 @@ def test_bad_config_files(tmp_path):
         "deep.yaml": (b"model:\n  kwargs: " + b"[" * 60 + b"]" * 60 + b"\n", "nested more than 50 levels deep"),
         "list.yaml": (b"- 1\n", "the top level must be a mapping"),
         "section.yaml": (b"train: []\n", "section 'train' must be a mapping"),
+        "dup.yaml": (b"train:\n  lr: 0.1\n  lr: 0.2\n", "key 'lr' appears twice in one mapping (again at line 3)"),
+        "dup_section.yaml": (b"train: {lr: 0.1}\neval: {}\ntrain: {}\n", "key 'train' appears twice"),
     }
     for name, (content, words) in cases.items():
         (tmp_path / name).write_bytes(content)

@@ -368,6 +368,19 @@ def test_voc_set_without_any_box_says_so(make_voc, tmp_path, capsys) -> None:
     assert "has a box: 3 image(s) read" in err and "num_classes" not in err
 
 
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf\r\n\n"], ids=["empty", "bom_and_blank_lines"])
+def test_an_empty_training_split_says_so(make_voc, tmp_path, capsys, content) -> None:
+    root = make_voc([{"id": "a", "size": (20, 20), "objects": DOG}])
+    (root / "ImageSets" / "Main" / "none.txt").write_bytes(content)
+    argv = ["train", "ssd_tiny_shapes", "--set", "data.kind=voc", "--set", f"data.root={root}"]
+    argv += ["--set", "data.train_split=none", "--set", f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 3
+    assert capsys.readouterr().err == (
+        f"multibox train: error: the training set VOCDetection(root='{root}', split='none', images=0) has no image "
+        "(an empty split file, or every file skipped?)\n"
+    )
+
+
 @pytest.mark.parametrize("crowd", [False, True], ids=["no_annotations", "only_crowd"])
 def test_coco_set_without_any_box_says_so(tmp_path, capsys, crowd) -> None:
     """No annotation at all, or only crowd regions (not training targets): refused before training, exit 3."""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from multibox.config import Config
 from multibox.engine.builders import build_dataset, build_model, build_optimizer, load_model_state, resolve_device
-from multibox.engine.checkpoint import load_checkpoint, restore_rng_state
+from multibox.engine.checkpoint import CheckpointError, load_checkpoint, restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
 
@@ -250,6 +250,21 @@ def _model(config: Config, raw: Any, num_classes: int, resume_ckpt: dict | None)
     return model, fit
 
 
+# What a checkpoint needs to continue a run (last.pt has them; best.pt and converted weights hold the model only).
+_TRAINING_STATE = ("optimizer", "scheduler", "step", "rng")
+
+
+def _resumable(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``ckpt`` if it holds a training state to continue from, else a :class:`CheckpointError` saying what to do."""
+    missing = [k for k in _TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path}: cannot resume from it: it holds model weights without a training state (no {', '.join(missing)}"
+            f"); resume from a run's last.pt, or start from these weights with --set train.init_weights={path}"
+        )
+    return ckpt
+
+
 def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     """Compose a training run from ``config``.
 
@@ -269,11 +284,13 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     _seed_everything(tc.seed)
     if resume == "auto":
         resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
-    ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
+    ckpt = _resumable(load_checkpoint(resume, map_location=device), resume) if resume is not None else None
     from multibox.data.checks import DatasetError, skipped_when_built
 
     raw = build_dataset(config.data, "train", config.model.image_size)
-    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:  # a data problem (exit 3), as VOCDetection's own check
+    if len(raw) == 0:  # data problems (exit 3), as VOCDetection's own checks
+        raise DatasetError(f"the training set {raw!r} has no image (an empty split file, or every file skipped?)")
+    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
         raise DatasetError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
     classes = tuple(raw.classes)
     model, fit = _model(config, raw, _num_classes(config, classes), ckpt)
