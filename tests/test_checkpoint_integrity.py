@@ -262,6 +262,56 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, cod
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_named_pipe_given_as_checkpoint_is_refused_not_waited_on(tmp_path, capsys):
+    import contextlib
+    import threading
+
+    fifo = tmp_path / "w.pt"
+    os.mkfifo(fifo)
+
+    def release() -> None:  # should a read block on it (the bug), end it so that the test fails instead of hanging
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(10.0, release)
+    timer.start()
+    try:
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(fifo)
+        assert str(e.value) == f"{fifo}: cannot be read as a checkpoint: not a regular file: a named pipe (FIFO)"
+        assert main(["eval", "--weights", str(fifo)]) == 3
+        assert capsys.readouterr().err == f"multibox eval: error: {e.value}\n"
+    finally:
+        timer.cancel()
+    with pytest.raises(CheckpointError, match="not a regular file: a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_failed_safetensors_write_names_the_file(tmp_path, monkeypatch, capsys):
+    import safetensors
+    import safetensors.torch
+
+    ckpt = _saved(tmp_path)
+    (tmp_path / "file").write_bytes(b"")
+    out = tmp_path / "file" / "w.safetensors"
+    assert main(["convert", str(ckpt), "--to-safetensors", "--out", str(out)]) == 5
+    assert capsys.readouterr().err == (
+        f"multibox convert: error: cannot write safetensors file {out}: {tmp_path / 'file'} is a file, not a folder\n"
+    )
+
+    def failing(tensors, filename, metadata=None):  # what safetensors raises for a failed write: not an OSError
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    out = tmp_path / "w.safetensors"
+    assert main(["convert", str(ckpt), "--to-safetensors", "--out", str(out)]) == 5
+    assert capsys.readouterr().err == (
+        f"multibox convert: error: cannot write safetensors file {out}: Error while serializing: I/O error: No space "
+        "left on device (os error 28)\n"
+    )
+
+
 def _dead_pid() -> int:
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(proc.stdout)

@@ -367,6 +367,29 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, 
     assert (run / "last.pt").read_bytes() == before and not list(run.glob(".last.pt*.tmp"))
 
 
+def test_outputs_that_cannot_be_written_name_the_file_and_exit_5(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    (tmp_path / "file").write_bytes(b"")
+    _image(tmp_path / "p.jpg", 0)
+    cases = [
+        (["export", "--weights", str(tiny_ckpt), "--no-check"], tmp_path / "file" / "m.onnx", "ONNX model"),
+        (["detect", str(tmp_path / "p.jpg"), "--weights", str(tiny_ckpt)], tmp_path / "file", "folder"),
+    ]
+    for argv, out, what in cases:
+        assert main([*argv, "--out", str(out)]) == ExitCode.WRITE_FAILED
+        reason = f"{tmp_path / 'file'} is a file, not a folder"
+        assert _error_line(capsys, argv[0]) == f"multibox {argv[0]}: error: cannot write {what} {out}: {reason}"
+    import onnx
+
+    def full(proto, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(tiny_ckpt), "--no-check", "--out", str(out)]) == ExitCode.WRITE_FAILED
+    line = _error_line(capsys, "export")
+    assert line == f"multibox export: error: cannot write ONNX model {out}: disk full (No space left on device)"
+
+
 def test_a_worker_error_arrives_unwrapped(tmp_path, capsys):
     """An undecodable image read in a DataLoader worker process: the original message, exit 3."""
     from multibox.data import ShapesDataset, write_voc
