@@ -9,10 +9,11 @@ under ``--photos``) are scored against the fp32 ones (``path_agreement``: VOC ar
 IoU 0.5, 1.0 = the same boxes and ranking); beside it the relative L2 error of the int8 class logits on those
 images and the int8 network's median time per batch of 8.
 A variant is one or more of these, joined by commas: ``default`` (``quantize_int8``'s defaults: the onednn engine
-on a CPU with VNNI/AMX (x86 otherwise), 8-bit activations, graph rewrites, bias correction, everything quantized,
-32 calibration images); ``nofuse`` (no graph rewrites before quantization: the ReLU6 quantized apart from its
-convolution, the "same" paddings in float); ``nobc`` (no bias correction); ``torch`` (torch's x86 defaults:
-7-bit activations; combine with ``x86,nofuse,nobc`` for torch's plain x86 quantization); ``bits7`` / ``bits8``
+on a CPU with VNNI/AMX (x86 otherwise), 8-bit activations, graph rewrites, no bias correction, everything
+quantized, 32 calibration images); ``nofuse`` (no graph rewrites before quantization: the ReLU6 quantized apart
+from its convolution, the "same" paddings in float); ``bc`` / ``nobc`` (with / without bias correction);
+``torch`` (torch's x86 defaults: 7-bit activations; combine with ``x86,nofuse`` for torch's plain x86
+quantization); ``bits7`` / ``bits8``
 (activation bits); ``stem-float`` (keep the first convolution in float);
 ``float:NAME[+NAME...]`` (keep those backbone submodules in float, e.g. ``float:layer3``,
 ``float:layer3.4+layer3.5``); ``calibN`` (N calibration images); ``x86`` / ``fbgemm`` / ``onednn`` (the quantized
@@ -42,7 +43,7 @@ ENGINES = ("x86", "fbgemm", "onednn")
 
 def parse_variant(variant: str) -> dict:
     """``"onednn,calib128"`` -> the settings it names (unknown parts exit with a message)."""
-    spec = {"calib": 32, "eight_bit": None, "stem": False, "float": [], "engine": None, "fuse": True, "bc": True}
+    spec = {"calib": 32, "eight_bit": None, "stem": False, "float": [], "engine": None, "fuse": True, "bc": False}
     for part in variant.split(","):
         if part == "default":
             pass
@@ -52,8 +53,8 @@ def parse_variant(variant: str) -> dict:
             spec["eight_bit"] = part == "bits8"
         elif part == "nofuse":
             spec["fuse"] = False
-        elif part == "nobc":
-            spec["bc"] = False
+        elif part in ("bc", "nobc"):
+            spec["bc"] = part == "bc"
         elif part == "stem-float":
             spec["stem"] = True
         elif part.startswith("calib") and part[len("calib") :].isdigit():

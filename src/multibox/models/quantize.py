@@ -8,14 +8,16 @@ and converts it to quantized modules (per-channel int8 weights, uint8 activation
 instance) run in float between dequantize/quantize steps.
 The head stays in float32, so the class scores and box offsets carry the backbone's rounding only.
 
-Three steps beyond torch's defaults, each on by default (``benchmarks/int8_variants.py`` compares them):
+Three steps beyond torch's defaults, the first two on by default (``benchmarks/int8_variants.py`` compares them):
 
 - the engine (:func:`int8_engine`): ``onednn`` on CPUs with VNNI or AMX, whose kernels also fuse a convolution
   with the residual add after it (MBConv blocks); ``x86`` otherwise;
 - graph rewrites before quantization (:mod:`multibox.models.fuse_int8`): a convolution and its ReLU6 quantized as
   one op whose output scale spans the clamped range only, TF-"same" paddings folded into the convolutions;
-- empirical bias correction (:func:`correct_int8_bias`): each quantized convolution's bias shifted by its mean
-  output error per channel on calibration images, layer after layer.
+- empirical bias correction (:func:`correct_int8_bias`, ``bias_correction=True``): each quantized convolution's
+  bias shifted by its mean output error per channel on calibration images, layer after layer. It lowers the
+  error of the outputs on average, which the background dominates; on a fine-tuned detector it moved the
+  detections further from fp32's (``benchmarks/README.md``), hence off by default.
 
 Activations are observed with the full 8 bits on CPUs with VNNI or AMX: torch's x86 configuration uses 7 bits
 (``reduce_range=True``), because the pre-VNNI instruction (``vpmaddubsw``) adds pairs of products in 16 bits and
@@ -162,7 +164,7 @@ def quantize_int8(
     *,
     engine: str | None = None,
     fuse: bool = True,
-    bias_correction: bool = True,
+    bias_correction: bool = False,
     max_error: float = 0.5,
     batch_size: int = 8,
     eight_bit: bool | None = None,
@@ -181,7 +183,7 @@ def quantize_int8(
             TF-"same" paddings folded into the convolutions at the calibration images' size, conv + ReLU6 quantized
             as one op). The int8 backbone then serves that input size only, as the SSD does.
         bias_correction: after conversion, shift each quantized convolution's bias by its mean output error per
-            channel on the first ``bias_correction_images`` calibration images (:func:`correct_int8_bias`).
+            channel on the first :data:`BIAS_CORRECTION_IMAGES` calibration images (:func:`correct_int8_bias`).
         max_error: the largest relative L2 error of any feature map on the calibration images that is accepted. A
             guard against a broken quantization (activations below the int8 step, say), not an accuracy test (a map
             far off can still give good detections, see ``benchmarks/README.md``); judge the detections
