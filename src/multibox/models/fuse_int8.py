@@ -190,6 +190,8 @@ def fold_same_padding(gm: torch.fx.GraphModule, example: Tensor) -> torch.fx.Gra
     """
     from torch.fx.passes.shape_prop import ShapeProp
 
+    from multibox.models.efficientnet_lite import same_padding
+
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
     modules = dict(gm.named_modules())
@@ -201,8 +203,6 @@ def fold_same_padding(gm: torch.fx.GraphModule, example: Tensor) -> torch.fx.Gra
         conv = modules[user.target]
         if (conv.kernel_size, conv.stride) != ((ks[0], ks[0]), (ks[1], ks[1])):
             continue
-        from multibox.models.efficientnet_lite import same_padding
-
         h, w = node.args[0].meta["tensor_meta"].shape[-2:]
         folded = _padded_conv(conv, (same_padding(h, *ks), same_padding(w, *ks)))
         if folded is None:
