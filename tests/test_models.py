@@ -466,6 +466,10 @@ def test_preprocess_travels_with_the_model() -> None:
     torch.testing.assert_close(out[0, :, 0, 0], (255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD))
     with pytest.raises(ValueError, match="std must be positive"):
         Preprocess((8, 8), (0, 0, 0), (1, 0, 1))
+    with pytest.raises(ValueError, match=r"Preprocess\.mean must be finite numbers, got \(nan, 1\.0, 1\.0\)"):
+        Preprocess((8, 8), (float("nan"), 1, 1), (1, 1, 1))
+    with pytest.raises(ValueError, match=r"Preprocess\.std must be finite numbers, got \(1\.0, inf, 1\.0\)"):
+        Preprocess((8, 8), (0, 0, 0), (1, float("inf"), 1))
 
 
 @pytest.mark.parametrize(

@@ -201,14 +201,17 @@ def evaluate(
     Returns:
         ``{"mAP": ..., "AP/<class>": ..., "images": n, "seconds": t}`` for VOC; the 12 COCO stats for COCO.
     """
+    from multibox.data.checks import skipped_when_built
+
     names = list(class_names if class_names is not None else getattr(dataset, "classes", []))
     dets, targets, seconds = predict_dataset(model, dataset, **predict_kwargs)
     out = evaluate_detections(
         dets, targets, metric=metric, iou_threshold=iou_threshold, class_names=names, out_dir=None
     )
     out["seconds"] = seconds
-    skipped = len(dataset) - len(targets)  # type: ignore[arg-type]
-    if skipped:  # unreadable images the reader skipped with a warning: the metric is over the others
+    # Unreadable images the reader skipped with a warning, when read or when built: the metric is over the others.
+    skipped = len(dataset) - len(targets) + skipped_when_built(dataset)  # type: ignore[arg-type]
+    if skipped:
         out["skipped"] = skipped
     if out_dir is not None:
         _write(out, metric, names, Path(out_dir))

@@ -47,7 +47,10 @@ class TrainResult:
     """Why training ended before ``max_iters`` (the time budget), or None."""
     evaluations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     skipped_images: int = 0
-    """Training images left out of their batches because they could not be read (``data.on_error=skip``)."""
+    """Images left out of their training batches because they could not be read (``data.on_error=skip``); an image
+    counts each time it is drawn."""
+    skipped_when_built: int = 0
+    """Training images the reader left out when it was built (unreadable or unusable files; it warned)."""
 
 
 def model_args(model: nn.Module) -> dict[str, Any]:
@@ -169,4 +172,5 @@ def _train(
         stop_reason=trainer.stop_reason,
         evaluations=evaluator.history if evaluator else [],
         skipped_images=trainer.skipped_images,
+        skipped_when_built=run.skipped_when_built,
     )

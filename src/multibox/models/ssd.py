@@ -21,6 +21,7 @@ and the post-processing are separate functions. Preprocessing (input size, mean,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -68,6 +69,8 @@ class Preprocess:
             value = tuple(float(v) for v in getattr(self, field))
             if len(value) != 3:
                 raise ValueError(f"Preprocess.{field} must have 3 values (R, G, B), got {value}")
+            if not all(math.isfinite(v) for v in value):
+                raise ValueError(f"Preprocess.{field} must be finite numbers, got {value}")
             object.__setattr__(self, field, value)
         if any(s <= 0 for s in self.std):
             raise ValueError(f"Preprocess.std must be positive, got {self.std}")

@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import socket
+import stat
 import tempfile
 import time
 import warnings
@@ -34,7 +35,8 @@ from typing import Any
 
 import torch
 
-from multibox.files import write_error
+from multibox.files import OutputWriteError, write_error
+from multibox.io.regular import file_kind
 
 __all__ = [
     "ORPHAN_AGE_S",
@@ -184,12 +186,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: (a ``ValueError``) the file is truncated or not a torch checkpoint, holds something other
-            than a dict, would run code when unpickled, fails its checksum or has NaN/infinite weights.
+        CheckpointError: (a ``ValueError``) the file is not a regular file, is truncated or not a torch checkpoint,
+            holds something other than a dict, would run code when unpickled, fails its checksum or has
+            NaN/infinite weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    if not stat.S_ISREG(mode):  # a named pipe would block the read forever
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint: not a regular file: {file_kind(mode)}")
     if path.suffix == ".safetensors":
         ckpt = load_safetensors(path)
     else:
@@ -239,7 +246,11 @@ def verify_checkpoint(ckpt: Mapping[str, Any], source: str | Path = "checkpoint"
 def save_safetensors(
     path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
-    """Save weights as safetensors (metadata: string to string, e.g. the JSON of the model's build arguments)."""
+    """Save weights as safetensors (metadata: string to string, e.g. the JSON of the model's build arguments).
+
+    Raises:
+        multibox.files.OutputWriteError: (an ``OSError``) the file cannot be written; the message names it.
+    """
     try:
         from safetensors.torch import save_file
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -247,9 +258,14 @@ def save_safetensors(
             "saving safetensors needs the 'safetensors' package: pip install 'multibox[safetensors]'"
         ) from e
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata=metadata or {})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata or {})
+    except OSError as e:
+        raise write_error(path, e, "safetensors file") from e
+    except Exception as e:  # safetensors' own error for a failed write (SafetensorError: "I/O error: ...")
+        raise OutputWriteError(f"cannot write safetensors file {path}: {e}") from e
     return path
 
 
