@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.memory",
             "multibox.io",
             "multibox.io.integrity",
+            "multibox.io.pillow_open",
             "multibox.io.regular",
             "multibox.viz",
             "multibox.files",
