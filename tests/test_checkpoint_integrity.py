@@ -19,17 +19,10 @@ import torch
 from PIL import Image
 
 from multibox.cli import main
-from multibox.engine.builders import model_from_checkpoint
-from multibox.engine.checkpoint import (
-    ORPHAN_AGE_S,
-    CheckpointError,
-    load_checkpoint,
-    model_checkpoint,
-    save_checkpoint,
-    state_dict_sha256,
-)
 from multibox.files import OutputWriteError
 from multibox.models import create_model
+from multibox.weights.checkpoint import model_checkpoint, model_from_checkpoint
+from multibox.weights.io import ORPHAN_AGE_S, CheckpointError, load_checkpoint, save_checkpoint, state_dict_sha256
 from test_engine import tiny_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -245,7 +238,7 @@ def test_truncated_and_non_dict_checkpoints(tmp_path):
     ],
 )
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, code, reason):
-    import multibox.engine.checkpoint as C
+    import multibox.weights.io as C
 
     path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
     before = path.read_bytes()
@@ -342,7 +335,7 @@ def test_orphan_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_p
 KILLED_WRITER = """
 import sys, time
 import torch
-import multibox.engine.checkpoint as C
+import multibox.weights.io as C
 C.save_checkpoint(sys.argv[1], {"step": 1})
 def slow(obj, f):
     f.write(b"x" * 100_000); f.flush()

@@ -26,9 +26,10 @@ from PIL import Image
 from multibox.cli import ExitCode, main
 from multibox.cli_errors import describe
 from multibox.config import ConfigError, load_config
-from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
 from multibox.engine.lock import LOCK_NAME, RunLockedError, lock_out_dir
 from multibox.models import create_model
+from multibox.weights.checkpoint import model_checkpoint
+from multibox.weights.io import save_checkpoint
 from test_engine import tiny_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -368,7 +369,7 @@ def test_non_finite_loss_exits_4(tmp_path, capsys):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
-    import multibox.engine.checkpoint as C
+    import multibox.weights.io as C
 
     run = tmp_path / "run"
     save_checkpoint(run / "last.pt", {"step": 7})

@@ -11,12 +11,13 @@ import torch
 
 from multibox.config import load_config
 from multibox.engine import hooks as H
-from multibox.engine.builders import build_dataset, build_optimizer, model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint
+from multibox.engine.builders import build_dataset, build_optimizer
 from multibox.engine.evaluate import evaluate
 from multibox.engine.run import build_run
 from multibox.engine.schedule import LRFactor
 from multibox.engine.train import train
+from multibox.weights.checkpoint import model_from_checkpoint
+from multibox.weights.io import load_checkpoint
 from test_engine import tiny_overrides
 
 

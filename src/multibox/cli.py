@@ -270,9 +270,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from multibox.config import config_from_dict, load_config
-    from multibox.engine.builders import build_dataset, model_from_checkpoint, resolve_device
-    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.builders import build_dataset
     from multibox.engine.evaluate import evaluate
+    from multibox.runtime import resolve_device
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
 
     ckpt = load_checkpoint(a.weights)
     if a.config is None and "config" not in ckpt:
@@ -396,10 +398,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     import torch
 
     from multibox.data import ShapesDataset
-    from multibox.engine.bench import available_paths, bench_model, format_table, matmul_peak_gflops
-    from multibox.engine.builders import resolve_device
-    from multibox.engine.inference import load_detector, model_info
+    from multibox.engine.bench import bench_model, format_table, matmul_peak_gflops
+    from multibox.engine.inference import model_info
     from multibox.models import create_model
+    from multibox.runtime import available_paths, load_detector, resolve_device
 
     device = resolve_device(a.device)
     model = load_detector(a.weights)[0] if a.weights else create_model(a.model, a.num_classes)

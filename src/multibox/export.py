@@ -1,4 +1,4 @@
-"""ONNX export of an SSD, with or without post-processing, checked against onnxruntime (DESIGN.md §12).
+"""ONNX export of an SSD, with or without post-processing, checked against onnxruntime.
 
 :func:`export_onnx` writes a graph that takes a normalised float image batch ``images [B, 3, H, W]`` and returns
 either padded detections ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]``, ``num_detections [B]`` with the
@@ -90,7 +90,7 @@ class ExportResult:
 
 def _at_size(model: nn.Module, image_size: int | Sequence[int] | None) -> nn.Module:
     """``model`` itself, or the same weights rebuilt through the registry for another input size."""
-    from multibox.models.ssd import to_hw
+    from multibox.preprocess import to_hw
 
     if image_size is None or to_hw(image_size) == tuple(model.image_size):
         return model
@@ -271,7 +271,7 @@ def export_checkpoint(weights: str | Path, out: str | Path, **kwargs: Any) -> Ex
         out: the ``.onnx`` file to write.
         **kwargs: passed to :func:`export_onnx` (``class_names`` defaults to the checkpoint's).
     """
-    from multibox.engine.inference import load_detector
+    from multibox.runtime import load_detector
 
     model, classes = load_detector(weights)
     kwargs.setdefault("class_names", classes or None)

@@ -1,6 +1,6 @@
 """Errors, warnings and box checks shared by the dataset readers and :func:`multibox.data.scan_dataset`.
 
-Policy (DESIGN.md rule 15): a file that cannot be used is an error that names the file (or, with
+Policy: a file that cannot be used is an error that names the file (or, with
 ``on_error="skip"``, is skipped and reported with its reason); a box that can be repaired is repaired (clipped) or
 dropped (degenerate), and building a dataset emits at most ONE :class:`DatasetWarning` that says how many and in
 which files. An image that only fails when an item is read (:func:`unusable_item`) raises, or under ``"skip"``

@@ -1,6 +1,6 @@
 """A training run composed from a config: data, model (priors fitted to the data), optimizer, schedule, resume state.
 
-:func:`build_run` is the only place a training config is read (DESIGN.md §3); the :class:`~multibox.engine.trainer.
+:func:`build_run` is the only place a training config is read; the :class:`~multibox.engine.trainer.
 Trainer` and its hooks take the :class:`TrainingRun` it returns. Under ``torchrun`` (``WORLD_SIZE > 1``) the model is
 wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and each rank reads its own shard of the batches.
 """
@@ -19,10 +19,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from multibox.config import Config
-from multibox.engine.builders import build_dataset, build_model, build_optimizer, load_model_state, resolve_device
-from multibox.engine.checkpoint import CheckpointError, load_checkpoint, restore_rng_state
+from multibox.engine.builders import build_dataset, build_model, build_optimizer
+from multibox.engine.rng import restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
+from multibox.runtime import resolve_device
+from multibox.weights.checkpoint import load_model_state
+from multibox.weights.io import CheckpointError, load_checkpoint
 
 __all__ = ["TrainingRun", "build_run", "fit_model_priors", "freeze_modules", "set_train_mode"]
 
@@ -238,7 +241,7 @@ def _lr_factor(config: Config, batches_per_epoch: int) -> LRFactor:
 def _model(config: Config, raw: Any, num_classes: int, resume_ckpt: dict | None) -> tuple[nn.Module, Any]:
     """The network: rebuilt from the checkpoint being resumed (its priors included), or built and fitted."""
     if resume_ckpt is not None:
-        from multibox.engine.builders import model_from_checkpoint
+        from multibox.weights.checkpoint import model_from_checkpoint
 
         return model_from_checkpoint(resume_ckpt), None
     model = build_model(config.model, num_classes)

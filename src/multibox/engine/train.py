@@ -24,9 +24,9 @@ from multibox.config import Config, config_to_dict
 from multibox.engine import hooks as H
 from multibox.engine.lock import RunLockedError, lock_out_dir
 from multibox.engine.run import TrainingRun, build_run
-from multibox.engine.trainer import Hook, NonFiniteLossError, Trainer, autocast_context
+from multibox.engine.trainer import Hook, NonFiniteLossError, Trainer
 
-__all__ = ["NonFiniteLossError", "RunLockedError", "TrainResult", "autocast_context", "model_args", "train"]
+__all__ = ["NonFiniteLossError", "RunLockedError", "TrainResult", "model_args", "train"]
 
 
 @dataclass

@@ -1,10 +1,9 @@
-"""Checkpoints: atomic, checksummed writes, safe loading, full training state including every RNG.
+"""Weight files: atomic, checksummed ``.pt`` writes, safe loading, ``.safetensors`` both ways.
 
-A checkpoint is a dict of tensors and plain Python values (no pickled classes), so that it loads with
+A file is a dict of tensors and plain Python values (no pickled classes), so that it loads with
 ``torch.load(..., weights_only=True)``: a file that would run code when unpickled is refused, and nothing in it
-runs. It holds the model's state and build arguments (so that the network can be rebuilt without the config), the
-preprocessing (mean, std, input size) and class names that travel with the weights, and, for resuming, the
-optimizer, scheduler, grad scaler, step and RNG states.
+runs. What a multibox checkpoint holds is defined in :mod:`multibox.weights.checkpoint`; this module reads and
+writes any such dict (also the foreign weights the converters read).
 
 Integrity. :func:`save_checkpoint` stores ``model_sha256``, a SHA-256 over the model state's names, dtypes, shapes
 and bytes (:func:`state_dict_sha256`), and :func:`load_checkpoint` checks it: torch's zip container does not notice
@@ -24,7 +23,6 @@ import hashlib
 import json
 import os
 import pickle
-import random
 import re
 import socket
 import stat
@@ -35,21 +33,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from multibox.files import OutputWriteError, write_error
 from multibox.io.regular import file_kind
 
 __all__ = [
-    "CHECKPOINT_VERSION",
     "ORPHAN_AGE_S",
     "CheckpointError",
-    "capture_rng_state",
     "load_checkpoint",
     "load_safetensors",
-    "model_checkpoint",
-    "restore_rng_state",
     "save_checkpoint",
     "save_safetensors",
     "state_dict_sha256",
@@ -57,9 +50,6 @@ __all__ = [
 ]
 
 
-#: The version of the checkpoint layout written by :func:`model_checkpoint` (absent in older checkpoints: 0;
-#: 2 adds ``model_sha256``).
-CHECKPOINT_VERSION = 2
 #: Temporary files of unknown writers older than this (seconds) are orphans of a killed write.
 ORPHAN_AGE_S = 3600.0
 
@@ -67,67 +57,6 @@ ORPHAN_AGE_S = 3600.0
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, refused (code in it), corrupt, non-finite, or not fitting the model;
     the message names the file."""
-
-
-def model_checkpoint(
-    model: torch.nn.Module, classes: list[str] | tuple[str, ...], config: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    """What inference needs of a trained model: weights, build arguments, preprocessing, class names (and config).
-
-    Args:
-        model: an SSD built by a registered builder (``model.config_dict()`` rebuilds it).
-        classes: the foreground class names, label ``k`` is ``classes[k - 1]``.
-        config: the training config as plain dicts, if any.
-        **extra: further plain entries (the training state of a ``last.pt``, the metrics of a ``best.pt``).
-
-    Returns:
-        ``{"format_version", "model", "model_args", "preprocess", "classes", ["config"], ...}``; saving adds
-        ``"model_sha256"``.
-    """
-    ckpt: dict[str, Any] = {
-        "format_version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "model_args": model.config_dict(),
-        "preprocess": model.preprocess.to_dict(),
-        "classes": list(classes),
-    }
-    if config is not None:
-        ckpt["config"] = config
-    ckpt.update(extra)
-    return ckpt
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The state of Python's, NumPy's and torch's (CPU and CUDA) generators, as tensors and ints."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the legacy global state is what users seed
-    state: dict[str, Any] = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Undo :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def state_dict_sha256(state: Mapping[str, Any]) -> str:
