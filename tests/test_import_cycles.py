@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.io.integrity",
             "multibox.io.pillow_open",
             "multibox.io.regular",
+            "multibox.io.pillow_open",
             "multibox.viz",
             "multibox.files",
         ),
