@@ -76,7 +76,9 @@ _BENCH_PATHS = ["fp32", "channels_last", "bf16", "fp16", "compile", "int8", "onn
 EXAMPLES = {
     "demo": "example:\n  multibox demo                      # ~5 CPU minutes, writes runs/demo/\n"
     "  multibox demo --iters 200 --out /tmp/demo",
-    "train": "example:\n  multibox train ssd_tiny_shapes --set train.max_iters=300 --set train.out_dir=runs/t\n"
+    "train": "example:\n  multibox train --data ../shared/data/raccoon --time 10m\n"
+    "  multibox train --data my_yolo/data.yaml --model ssdlite320_efficientnet_lite0 --epochs 50\n"
+    "  multibox train ssd_tiny_shapes --set train.max_iters=300 --set train.out_dir=runs/t\n"
     "  multibox train ssd300_vgg16_voc --set data.root=VOCdevkit/VOC2007 --resume auto",
     "eval": "example:\n  multibox eval --weights runs/demo/last.pt\n"
     "  multibox eval --weights runs/demo/last.pt --int8 32    # int8 backbone, calibrated on 32 training images\n"
@@ -128,8 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
 
-    t = _parser(sub, "train", "train a detector from a preset name or YAML config")
-    t.add_argument("config", help="preset name (multibox.config.list_presets()) or YAML path")
+    t = _parser(sub, "train", "train a detector on your own data (--data) or from a preset name or YAML config")
+    t.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="preset name (multibox.config.list_presets()) or YAML path; a dataset folder means --data",
+    )
+    t.add_argument("--data", default=None, help="a VOC folder, COCO .json, YOLO data.yaml/folder or dataset YAML")
+    t.add_argument("--model", default=None, help="with --data: a registered model (default: the fine-tuning preset's)")
+    t.add_argument("--epochs", type=_int_at_least(1), default=None, help="with --data: passes over the data")
+    t.add_argument("--time", default=None, help="with --data: wall-clock budget (90s, 10m, 1.5h), then evaluate")
+    t.add_argument("--imgsz", type=_int_at_least(32), default=None, help="with --data: input side in pixels")
+    t.add_argument("--device", default="auto", help="with --data: auto, cpu, cuda, cuda:N")
+    t.add_argument("--out", default="runs", help="with --data: runs go to OUT/<data name>-N (default: runs)")
+    t.add_argument("--split", default=None, help="with --data: reuse the split.json of an earlier run")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' (out_dir/last.pt)")
     t.add_argument("--no-progress", action="store_true")
@@ -244,6 +259,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from multibox.config import load_config
     from multibox.engine.train import train
 
+    if a.data is not None or (a.config is not None and os.path.isdir(a.config)):
+        return _train_own_data(a)
+    if a.config is None:
+        raise ValueError("multibox train needs a preset/YAML config or --data PATH (a dataset)")
+    given = [f"--{k}" for k in ("model", "epochs", "time", "imgsz", "split") if getattr(a, k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --data; with a config use --set (e.g. train.epochs=10)")
+
     r = train(load_config(a.config, a.overrides), resume=a.resume, progress=not a.no_progress, log=print)
     print(
         f"trained to step {r.step}; checkpoint: {r.checkpoint}; last loss {r.last_loss.get('loss', float('nan')):.4f}; "
@@ -258,6 +281,25 @@ def _cmd_train(a: argparse.Namespace) -> int:
               f"{r.best[0]} ({r.best_checkpoint})")  # fmt: skip
     if r.skipped_images:
         print(f"{r.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
+        return int(ExitCode.SKIPPED)
+    return 0
+
+
+def _train_own_data(a: argparse.Namespace) -> int:
+    from multibox.engine.owndata import parse_duration, plan_run, train_own_data
+
+    if a.data is not None and a.config is not None:
+        raise ValueError(f"give either a config ({a.config}) or --data ({a.data}), not both")
+    if a.epochs is not None and a.time is not None:
+        raise ValueError("give --epochs or --time, not both")
+    plan = plan_run(a.data or a.config, model=a.model, epochs=a.epochs,
+                    minutes=parse_duration(a.time) if a.time else None, image_size=a.imgsz, device=a.device,
+                    out=a.out, split_file=a.split, overrides=tuple(a.overrides))  # fmt: skip
+    r = train_own_data(plan, progress=not a.no_progress, log=print)
+    for line in r.summary():
+        print(line)
+    if r.train.skipped_images:
+        print(f"{r.train.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
         return int(ExitCode.SKIPPED)
     return 0
 
