@@ -220,15 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
 
     an = _parser(sub, "anchors", "how well a model's priors cover a dataset's boxes (IoU >= 0.5), and better priors")
-    an.add_argument("root", help="VOC dataset root")
+    an.add_argument("root", help="a dataset: VOC folder, COCO .json, YOLO data.yaml or folder, dataset YAML")
     an.add_argument("--split", default=None, help="split name (default: every annotation file)")
     an.add_argument("--model", default="ssd300_vgg16")
     _image_size(an)
     an.add_argument("--priors", default=None, choices=["voc300", "coco300", "voc512", "coco512"], help="prior preset")
     an.add_argument("--clusters", type=_int_at_least(1), default=6, help="k of the k-means suggestion")
 
-    s = _parser(sub, "scan", "check a VOC dataset and report every problem at once")
-    s.add_argument("root")
+    s = _parser(sub, "scan", "check a dataset (VOC, COCO, YOLO) and report every problem at once")
+    s.add_argument("root", help="a VOC folder, COCO .json (its images found beside it) or YOLO data.yaml/folder")
     s.add_argument("--split", default=None, help="split name (default: every annotation file)")
     s.add_argument(
         "--decode",
@@ -464,10 +464,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 def _cmd_anchors(a: argparse.Namespace) -> int:
     from multibox.data import VOCDetection, anchor_coverage, normalized_targets, suggest_priors
+    from multibox.engine.owndata import open_dataset
     from multibox.models import create_model
     from multibox.priors import PRIOR_PRESETS
 
-    data = VOCDetection(a.root, split=a.split)
+    if os.path.isdir(os.path.join(a.root, "Annotations")) or not os.path.exists(a.root):
+        data = VOCDetection(a.root, split=a.split)
+    else:
+        data = open_dataset(a.root, a.split or "train")
     kwargs: dict = {}
     if a.image_size:
         kwargs["image_size"] = tuple(a.image_size) if len(a.image_size) == 2 else a.image_size[0]
@@ -483,8 +487,13 @@ def _cmd_anchors(a: argparse.Namespace) -> int:
 
 def _cmd_scan(a: argparse.Namespace) -> int:
     from multibox.data import scan_dataset
+    from multibox.engine.owndata import detect_format
 
-    report = scan_dataset(a.root, split=a.split, decode=a.decode)
+    src = detect_format(a.root) if os.path.isfile(a.root) and a.root.lower().endswith(".json") else None
+    if src is not None:  # COCO: its image folder is found beside the JSON
+        report = scan_dataset(src.data["train_images"], annotation_json=src.data["train_annotations"], decode=a.decode)
+    else:  # a VOC folder or a YOLO dataset
+        report = scan_dataset(a.root, split=a.split, decode=a.decode)
     print(report)
     return 0 if report.ok else 1
 

@@ -126,7 +126,8 @@ def _read_yaml(path: Path) -> YOLODataset:
     splits = {s: _split_images(tree[s], root, f"{path} ({s})") for s in ("train", "val", "test") if tree.get(s)}
     if "train" not in splits:
         raise DatasetError(f"{path}: names no 'train' images")
-    return YOLODataset(path, classes, splits, root)
+    images = root / "images"
+    return YOLODataset(path, classes, splits, images if images.is_dir() else root)
 
 
 def _read_folder(root: Path) -> YOLODataset:

@@ -28,6 +28,7 @@ __all__ = [
     "auto_amp",
     "detect_format",
     "next_run_dir",
+    "open_dataset",
     "parse_duration",
     "plan_run",
 ]
@@ -170,6 +171,15 @@ def detect_format(path: str | Path) -> DataSource:
     if p.suffix.lower() in (".yaml", ".yml"):
         return _sources(p) if is_sources_yaml(p) else _yolo(p)
     raise DatasetError(f"{p}: expected a dataset folder, a COCO .json or a dataset .yaml")
+
+
+def open_dataset(path: str | Path, split: str = "train") -> Any:
+    """The reader of ``split`` (``train``, ``val``, ``test``) of the dataset at ``path``, whatever its format (the
+    whole training split when ``val`` is to be held out)."""
+    from multibox.config import DataConfig
+    from multibox.engine.builders import build_dataset
+
+    return build_dataset(DataConfig(**detect_format(path).data), split)
 
 
 def parse_duration(text: str) -> float:
