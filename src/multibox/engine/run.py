@@ -49,6 +49,7 @@ class TrainingRun:
         out_dir: where checkpoints and logs go.
         prior_fit: what :func:`fit_model_priors` decided (None when the config names fixed priors, or on resume).
         elapsed_s: training seconds spent before this run (from a resumed checkpoint), for the time budget.
+        resume_state: the resumed checkpoint's entries that hooks keep (``ema``...), empty on a fresh start.
     """
 
     config: Config
@@ -71,6 +72,7 @@ class TrainingRun:
     out_dir: Path = field(default_factory=lambda: Path("runs/exp"))
     prior_fit: Any = None
     elapsed_s: float = 0.0
+    resume_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -331,4 +333,5 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         out_dir=out_dir,
         prior_fit=fit,
         elapsed_s=elapsed,
+        resume_state={k: ckpt[k] for k in ("ema",) if ckpt is not None and k in ckpt},
     )

@@ -65,6 +65,8 @@ class Trainer:
         skipped_images: images of this process's batches left out because they could not be read.
         wait_seconds: time spent waiting for batches in this session.
         start_time: ``time.perf_counter()`` when :meth:`train` started.
+        extra_state: name -> function returning more state that hooks keep in ``last.pt`` (e.g. the EMA weights;
+            given back on resume as ``run.resume_state[name]``).
     """
 
     def __init__(self, run: TrainingRun, hooks: list[Hook] | tuple[Hook, ...] = ()) -> None:
@@ -78,6 +80,7 @@ class Trainer:
         self.skipped_images = 0
         self.wait_seconds = 0.0
         self.start_time = time.perf_counter()
+        self.extra_state: dict[str, Any] = {}
         self._batches = None
 
     @property
@@ -164,6 +167,7 @@ class Trainer:
             step=self.step,
             rng=capture_rng_state(),
             elapsed_s=self.elapsed,
+            **{name: fn() for name, fn in self.extra_state.items()},
         )
 
     def train(self) -> None:
