@@ -170,7 +170,15 @@ def test_cli_train_on_a_voc_folder_end_to_end(tmp_path, capsys) -> None:
     run = tmp_path / "runs" / "mini-1"
     assert "data: Pascal VOC folder" in out and "classes (3): circle, square, triangle" in out
     assert "best validation mAP" in out and "test mAP" in out
-    for name in ("best.pt", "last.pt", "split.json", "test_metrics.json", "results.csv", "config.yaml"):
+    for name in (
+        "best.pt",
+        "last.pt",
+        "split.json",
+        "test_metrics.json",
+        "results.csv",
+        "config.yaml",
+        "report/report.html",
+    ):
         assert (run / name).is_file(), name
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["images"] == 4 and 0.0 <= test["mAP"] <= 1.0 and test["weights"].endswith("best.pt")

@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_int_at_least(1), default=7)
     b.add_argument("--device", default="cpu")
 
+    rp = _parser(sub, "report", "(re)build a run's report: per-class AP, PR curves, confusion matrix, worst images")
+    rp.add_argument("run_dir", help="a training run's folder (with config.json and best.pt or last.pt)")
+    rp.add_argument("--weights", default=None, help="the checkpoint (default: best.pt, else last.pt)")
+    rp.add_argument("--split", choices=["val", "test"], default="val")
+    rp.add_argument("--score", type=_fraction, default=0.3, help="working point of the confusion matrix (default 0.3)")
+    rp.add_argument("--device", default="auto")
+
     an = _parser(sub, "anchors", "how well a model's priors cover a dataset's boxes (IoU >= 0.5), and better priors")
     an.add_argument("root", help="a dataset: VOC folder, COCO .json, YOLO data.yaml or folder, dataset YAML")
     an.add_argument("--split", default=None, help="split name (default: every annotation file)")
@@ -485,6 +492,14 @@ def _cmd_anchors(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(a: argparse.Namespace) -> int:
+    from multibox.engine.report import build_report
+
+    page = build_report(a.run_dir, weights=a.weights, split=a.split, score=a.score, device=a.device)
+    print(f"report written to {page} (and report.json, PNGs beside it)")
+    return 0
+
+
 def _cmd_scan(a: argparse.Namespace) -> int:
     from multibox.data import scan_dataset
     from multibox.engine.owndata import detect_format
@@ -498,7 +513,7 @@ def _cmd_scan(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench"})
+_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench", "report"})
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
@@ -510,6 +525,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": _cmd_info,
     "scan": _cmd_scan,
     "anchors": _cmd_anchors,
+    "report": _cmd_report,
     "bench": _cmd_bench,
 }
 

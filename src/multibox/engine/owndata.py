@@ -413,7 +413,7 @@ def evaluate_checkpoint(weights: Path, config: Config, split: str, out_dir: Path
 
 def train_own_data(plan: RunPlan, *, progress: bool = True, log: Any = print) -> OwnDataResult:
     """Train ``plan``'s run, then evaluate its best checkpoint on the test split (when there is one) and write the
-    report folder.
+    report folder (:func:`multibox.engine.report.build_report`, on the validation split).
 
     Args:
         plan: from :func:`plan_run`.
@@ -436,4 +436,8 @@ def train_own_data(plan: RunPlan, *, progress: bool = True, log: Any = print) ->
     out = OwnDataResult(plan, result, weights)
     if weights is not None and has_test_split(plan.config.data):
         out.test_metrics = evaluate_checkpoint(weights, plan.config, "test", plan.run_dir)
+    if weights is not None:
+        from multibox.engine.report import build_report
+
+        out.report = build_report(plan.run_dir, weights=weights, device=plan.config.train.device)
     return out
