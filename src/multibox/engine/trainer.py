@@ -36,6 +36,21 @@ def autocast_context(device: torch.device, amp: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def _global_positive_scale(num_pos: torch.Tensor, world: int) -> torch.Tensor:
+    """The factor that turns a process's loss (divided by its own positives) into its share of the loss divided by
+    the positives of every process: ``world * local / global`` (DDP averages the gradients over the processes).
+
+    With it, ``world`` processes of ``B / world`` images step exactly as one process of ``B`` images would (the
+    paper's ``N`` is the batch's number of positives), however unevenly the positives fall on the processes.
+    """
+    import torch.distributed as dist
+
+    local = num_pos.detach().clamp(min=1).to(torch.float32)
+    total = num_pos.detach().to(torch.float32).clone()
+    dist.all_reduce(total)
+    return world * local / total.clamp(min=1)
+
+
 class Hook:
     """Something done around the training steps; override what is needed."""
 
@@ -123,7 +138,10 @@ class Trainer:
                 f"conf={float(losses['conf'].detach())}); images of the batch: {ids}. "
                 "Check these annotations (`multibox scan`) or lower train.lr"
             )
-        run.scaler.scale(losses["total"] / tc.grad_accum).backward()
+        total = losses["total"]
+        if run.world > 1:
+            total = total * _global_positive_scale(losses["num_pos"], run.world)
+        run.scaler.scale(total / tc.grad_accum).backward()
         names = (("loss", "total"), ("loc", "loc"), ("conf", "conf"))
         values = {key: float(losses[name].detach()) for key, name in names}
         return values, images.shape[0], wait
