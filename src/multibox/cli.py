@@ -84,6 +84,7 @@ EXAMPLES = {
     "  multibox eval --weights runs/demo/last.pt --int8 32    # int8 backbone, calibrated on 32 training images\n"
     "  multibox eval --weights last.pt --config ssd300_vgg16_voc --set data.root=VOC2007 --metric voc",
     "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect\n"
+    "  multibox detect clip.mp4 videos/ --weights best.pt   # annotated videos + per-frame JSON (extra: video)\n"
     "  multibox detect img.jpg --onnx model.onnx         # onnxruntime only, no torch needed",
     "export": "example:\n  multibox export --weights runs/demo/last.pt --out model.onnx\n"
     "  multibox export --weights last.pt --out raw.onnx --raw --image-size 300 400",
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 backbone (CPU) calibrated on the first N training images (e.g. 32)")  # fmt: skip
 
     det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
-    det.add_argument("inputs", nargs="+", help="image files and/or folders")
+    det.add_argument("inputs", nargs="+", help="image files, video files (.mp4, .mov, ...) and/or folders of them")
     src = det.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="a multibox checkpoint")
     src.add_argument("--onnx", help="a model written by `multibox export` (runs on onnxruntime, without torch)")
@@ -372,6 +373,16 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 
 def _cmd_detect(a: argparse.Namespace) -> int:
+    from multibox.engine.video import find_videos
+
+    videos, images = find_videos(a.inputs)
+    if videos:
+        if a.onnx:
+            raise ValueError("videos are read with --weights (a multibox checkpoint), not --onnx")
+        _detect_videos(a, videos)
+        if not images:
+            return 0
+        a.inputs = images
     options = {"out_dir": a.out, "batch_size": a.batch_size, "score_thresh": a.score, "on_error": a.on_error}
     if a.onnx:
         from multibox.onnx_runtime import detect_onnx
@@ -384,6 +395,17 @@ def _cmd_detect(a: argparse.Namespace) -> int:
     written = f"{a.out}/detections.json" + (f", {a.out}/skipped.json" if results.skipped else "")
     print(f"{results.summary()}; written to {written} and the annotated images under {a.out}/")
     return ExitCode.SKIPPED if results.skipped else ExitCode.OK
+
+
+def _detect_videos(a: argparse.Namespace, videos: list) -> None:
+    from multibox.engine.inference import load_detector
+    from multibox.engine.video import detect_video
+
+    model, names = load_detector(a.weights)
+    for path in videos:
+        r = detect_video(model, path, a.out, class_names=names, batch_size=a.batch_size, score_thresh=a.score,
+                         device=a.device)  # fmt: skip
+        print(f"{path}: {r['frames']} frames, {r['detections']} detections -> {r['output']}, {r['json']}")
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
