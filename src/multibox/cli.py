@@ -97,6 +97,8 @@ EXAMPLES = {
     "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
     "scan": "example:\n  multibox scan ../shared/data/cards --split train\n"
     "  multibox scan ../shared/data/raccoon --decode",
+    "report": "example:\n  multibox report runs/raccoon-1            # rebuilds runs/raccoon-1/report/report.html\n"
+    "  multibox report runs/raccoon-1 --split test --score 0.5",
     "anchors": "example:\n  multibox anchors ../shared/data/cards --model ssd300_vgg16\n"
     "  multibox anchors ../shared/data/raccoon --model ssd_tiny --image-size 128 --clusters 5",
 }
