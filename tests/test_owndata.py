@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from multibox.cli import main
+from multibox.config import load_config
 from multibox.data import ShapesDataset, write_voc
 from multibox.data.checks import DatasetError
 from multibox.data.combine import DetectionConcat
 from multibox.data.holdout import apply_split, make_split, read_split_file
 from multibox.data.yolo import write_yolo
 from multibox.engine.builders import build_dataset
-from multibox.engine.owndata import detect_format, next_run_dir, parse_duration, plan_run
+from multibox.engine.owndata import DEFAULT_PRESET, detect_format, next_run_dir, parse_duration, plan_run
 
 
 def _voc(root: Path, n_train: int = 12, n_test: int = 0, seed: int = 1) -> Path:
@@ -147,6 +148,9 @@ def test_plan_takes_classes_and_recipe(tmp_path) -> None:
     tiny = plan_run(tmp_path / "d", model="ssd_tiny", image_size=96, epochs=3, out=tmp_path / "runs",
                     overrides=("train.lr=0.01",)).config  # fmt: skip
     assert (tiny.model.name, tiny.model.image_size, tiny.train.freeze, tiny.train.epochs) == ("ssd_tiny", 96, (), 3)
+    assert tiny.train.max_minutes is None  # epochs replace the preset's time budget
+    default = plan_run(tmp_path / "d", out=tmp_path / "runs").config.train
+    assert default.max_minutes == load_config(DEFAULT_PRESET).train.max_minutes and default.epochs is None
     assert tiny.train.lr == 0.01
 
 

@@ -290,8 +290,9 @@ def plan_run(
     Args:
         data: the dataset (see :func:`detect_format`).
         model: a registered model (default the preset's); another model than the preset's drops its ``freeze`` list.
-        epochs: passes over the training images (default :data:`DEFAULT_EPOCHS` unless ``minutes`` is given).
-        minutes: a wall-clock budget; the schedule is fitted to it and the run ends with a final evaluation.
+        epochs: passes over the training images.
+        minutes: a wall-clock budget; the schedule is fitted to it and the run ends with a final evaluation. Neither
+            given: the preset's budget (``train.max_minutes``), else :data:`DEFAULT_EPOCHS` epochs.
         image_size: the square input side (default the preset's).
         device: ``auto``, ``cpu``, ``cuda``...
         out: the folder runs go to, each in a fresh ``<name>-<N>``.
@@ -317,10 +318,14 @@ def plan_run(
     tree["train"].update(device=device, amp=auto_amp(dev))
     if dev.type == "cuda":
         tree["train"]["channels_last"] = True
-    if minutes is not None:
-        tree["train"].update(max_minutes=minutes, epochs=epochs)
-    else:
-        tree["train"]["epochs"] = epochs or DEFAULT_EPOCHS
+    if epochs is not None and minutes is not None:
+        raise ValueError("give a number of epochs or a time budget, not both")
+    if epochs is not None:
+        tree["train"].update(epochs=epochs, max_minutes=None)
+    elif minutes is not None:
+        tree["train"].update(epochs=None, max_minutes=minutes)
+    elif tree["train"]["max_minutes"] is None:  # the preset's own budget, else a number of epochs
+        tree["train"]["epochs"] = DEFAULT_EPOCHS
     run_dir = next_run_dir(out, source.name)
     tree["train"]["out_dir"] = str(run_dir)
     apply_overrides(tree, overrides)
@@ -347,7 +352,8 @@ def plan_run(
         + (", test split present" if source.has_test else ", no test split"),
         f"model: {config.model.name} at {config.model.image_size}, device {dev}, amp {config.train.amp}, "
         f"channels_last {config.train.channels_last}, batch {batch}, evaluating every {config.train.eval_every} steps",
-        "budget: " + (f"{minutes:g} min" if minutes is not None else f"{config.train.epochs} epochs"),
+        "budget: "
+        + (f"{config.train.max_minutes:g} min" if config.train.max_minutes else f"{config.train.epochs} epochs"),
         f"run folder: {run_dir}",
     ]
     return RunPlan(config, source, run_dir, classes, n_train, n_val, split_path, notes)
