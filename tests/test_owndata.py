@@ -79,6 +79,15 @@ def test_detect_yolo_yaml_and_folder(tmp_path) -> None:
     assert src.format == "yolo" and src.has_val
 
 
+def test_yolo_without_val_gets_a_holdout(tmp_path) -> None:
+    write_yolo(ShapesDataset(10, 64, seed=1), tmp_path / "y", "train")
+    plan = plan_run(tmp_path / "y" / "data.yaml", model="ssd_tiny", out=tmp_path / "runs")
+    assert plan.source.format == "yolo" and (plan.train_images, plan.val_images) == (9, 1)
+    val = build_dataset(plan.config.data, "val")
+    assert val.image_ids == read_split_file(plan.split_file)["val"] and val.image_ids[0].startswith("train/")
+    assert Path(plan.config.data.root).is_absolute() and Path(plan.config.data.split_file).is_absolute()
+
+
 def test_detect_sources_yaml_concatenates_roots(tmp_path) -> None:
     _voc(tmp_path / "a", n_train=3, seed=1)
     _voc(tmp_path / "b", n_train=4, seed=2)

@@ -313,7 +313,11 @@ def plan_run(
     if image_size is not None:
         tree["model"]["image_size"] = image_size
     tree["model"]["num_classes"] = None
-    tree["data"].update({"root": None, "val_split": "val", "test_split": None, "split_file": None, **source.data})
+    paths = ("root", "train_images", "val_images", "test_images", "train_annotations", "val_annotations",
+             "test_annotations")  # fmt: skip
+    data_keys = {k: str(Path(v).resolve()) if k in paths and v else v for k, v in source.data.items()}
+    # absolute paths: the run's config (in every checkpoint) reads the same data from any working folder
+    tree["data"].update({"root": None, "val_split": "val", "test_split": None, "split_file": None, **data_keys})
     dev = resolve_device(device)
     tree["train"].update(device=device, amp=auto_amp(dev))
     if dev.type == "cuda":
@@ -338,7 +342,7 @@ def plan_run(
         n_train, n_val = len(train_set), len(build_dataset(config.data, "val", classes=classes))
     else:
         split_path, n_train, n_val = _holdout(config, train_set, run_dir, split_file)
-        tree["data"]["split_file"] = str(split_path)
+        tree["data"]["split_file"] = str(split_path.resolve())
     batch = min(config.train.batch_size, n_train)
     tree["train"]["batch_size"] = batch
     if not any(o.startswith("train.eval_every=") for o in overrides):
@@ -379,10 +383,12 @@ class OwnDataResult:
 
     def summary(self) -> list[str]:
         """The end-of-run lines: best validation mAP and its step, the test mAP, where the files are."""
-        r, d = self.train, self.plan.run_dir
+        r, d, ec = self.train, self.plan.run_dir, self.plan.config.eval
+        what = {"voc07": "VOC07 11-point", "voc": "VOC area", "coco": "COCO"}[ec.metric]
+        what += f", IoU {ec.iou_threshold:g}" if ec.metric != "coco" else ", IoU 0.5:0.95"
         lines = [f"trained {r.step} steps" + (f" (stopped early: {r.stop_reason})" if r.stop_reason else "")]
         if r.best is not None:
-            lines.append(f"best validation mAP {r.best[1]:.4f} at step {r.best[0]} -> {d / 'best.pt'}")
+            lines.append(f"best validation mAP {r.best[1]:.4f} ({what}) at step {r.best[0]} -> {d / 'best.pt'}")
         if self.test_metrics is not None:
             key = "AP" if "AP" in self.test_metrics else "mAP"
             lines.append(f"test {key} {self.test_metrics[key]:.4f} on {self.test_metrics['images']} images "
