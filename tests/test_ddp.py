@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 
 from multibox.config import load_config
-from multibox.engine.checkpoint import load_checkpoint
 from multibox.engine.run import build_run
 from multibox.engine.train import train
+from multibox.weights.io import load_checkpoint
 from test_engine import tiny_overrides
 
 # BatchNorm in eval mode (every BatchNorm of ssd_tiny is in its backbone): batch statistics would differ between a

@@ -10,8 +10,8 @@ from torch import nn
 
 from multibox.config import load_config
 from multibox.engine import hooks as H
-from multibox.engine.checkpoint import load_checkpoint
 from multibox.engine.train import train
+from multibox.weights.io import load_checkpoint
 from test_engine import tiny_overrides
 
 

@@ -9,11 +9,11 @@ import torch
 
 from multibox.cli import main
 from multibox.data import ShapesDataset, eval_transform
-from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
-from multibox.engine.evaluate import scale_detections
 from multibox.engine.video import detect_video, find_videos
 from multibox.models import create_model
 from multibox.postprocess import postprocess
+from multibox.weights.checkpoint import model_checkpoint
+from multibox.weights.io import save_checkpoint
 
 av = pytest.importorskip("av")
 
@@ -55,7 +55,7 @@ def test_video_detections_match_the_model_on_each_frame(tmp_path) -> None:
     with torch.inference_mode():  # the reference: one frame at a time
         for frame, got in zip(frames, record["frames"], strict=True):
             det = postprocess(model(transform(frame, *empty, None)[0][None]), model.priors, score_thresh=0.2)[0]
-            det = scale_detections(det, 64, 64)
+            det = det.to_pixels(64, 64)
             boxes = torch.tensor([d["box"] for d in got["detections"]]).reshape(-1, 4)
             assert len(got["detections"]) == len(det.scores)
             torch.testing.assert_close(boxes, det.boxes, atol=0.01, rtol=0)  # rounded to 2 decimals

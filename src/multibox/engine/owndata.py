@@ -304,7 +304,8 @@ def plan_run(
         DatasetError: the data cannot be recognised or read (the message names the file).
         ConfigError: an override is malformed or out of range.
     """
-    from multibox.engine.builders import build_dataset, resolve_device
+    from multibox.engine.builders import build_dataset
+    from multibox.runtime import resolve_device
 
     source = detect_format(data)
     tree = config_to_dict(load_config(preset))
@@ -405,9 +406,11 @@ def evaluate_checkpoint(weights: Path, config: Config, split: str, out_dir: Path
     import json
     import math
 
-    from multibox.engine.builders import build_dataset, model_from_checkpoint, resolve_device
-    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.builders import build_dataset
     from multibox.engine.evaluate import evaluate
+    from multibox.runtime import resolve_device
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
 
     ckpt = load_checkpoint(weights)
     model = model_from_checkpoint(ckpt, weights)

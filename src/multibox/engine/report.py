@@ -169,11 +169,13 @@ def build_report(
         FileNotFoundError: no ``config.json`` or checkpoint in ``run_dir``.
     """
     from multibox.config import config_from_dict
-    from multibox.engine.builders import build_dataset, model_from_checkpoint, resolve_device
-    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.builders import build_dataset
     from multibox.engine.evaluate import evaluate_detections, predict_dataset
     from multibox.metrics import plot_pr_curves
     from multibox.metrics.confusion import confusion_matrix
+    from multibox.runtime import resolve_device
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():

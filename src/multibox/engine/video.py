@@ -129,9 +129,8 @@ def detect_video(
     from tqdm import tqdm
 
     from multibox.data import eval_transform
-    from multibox.engine.builders import resolve_device
-    from multibox.engine.evaluate import scale_detections
     from multibox.postprocess import postprocess
+    from multibox.runtime import resolve_device
     from multibox.viz import draw_detections
 
     path, out = Path(path), Path(out_dir)
@@ -162,7 +161,7 @@ def detect_video(
         dets = postprocess(model(x), model.priors.to(dev), score_thresh=score_thresh, nms_thresh=nms_thresh,
                            top_k=top_k)  # fmt: skip
         for frame, d in zip(batch, dets, strict=True):
-            d = scale_detections(d, height, width)
+            d = d.to_pixels(height, width)
             d = type(d)(*(t.cpu() for t in d))
             if writer is None:
                 writer = _open_writer(video_out, fps, width, height)
