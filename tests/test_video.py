@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from multibox.cli import main
 from multibox.data import ShapesDataset, eval_transform
@@ -73,10 +74,14 @@ def test_cli_detect_takes_videos_and_folders_of_them(tmp_path, capsys) -> None:
     _write_video(tmp_path / "videos" / "two.mov", n=2)
     videos, rest = find_videos([tmp_path / "videos", tmp_path / "x.png"])
     assert [v.name for v in videos] == ["one.mp4", "two.mov"] and rest == [tmp_path / "x.png"]
+    # a picture beside the videos is detected as an image, the videos as videos
+    Image.fromarray(ShapesDataset(1, 64, seed=3)[0][0].permute(1, 2, 0).numpy()).save(tmp_path / "videos" / "p.png")
+    videos, rest = find_videos([tmp_path / "videos"])
+    assert len(videos) == 2 and rest == [tmp_path / "videos" / "p.png"]
     args = ["detect", str(tmp_path / "videos"), "--weights", str(tmp_path / "m.pt"), "--out", str(tmp_path / "o")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "one.mp4: 3 frames" in out and "two.mov: 2 frames" in out
+    assert "one.mp4: 3 frames" in out and "two.mov: 2 frames" in out and "1 image processed" in out
     assert (tmp_path / "o" / "two_det.mp4").is_file() and (tmp_path / "o" / "one_det.json").is_file()
     (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
     assert main(["detect", str(tmp_path / "bad.mp4"), "--weights", str(tmp_path / "m.pt")]) != 0

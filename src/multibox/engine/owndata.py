@@ -305,32 +305,9 @@ def plan_run(
         ConfigError: an override is malformed or out of range.
     """
     from multibox.engine.builders import build_dataset
-    from multibox.runtime import resolve_device
 
     source = detect_format(data)
-    tree = config_to_dict(load_config(preset))
-    if model is not None and model != tree["model"]["name"]:
-        tree["model"]["name"], tree["train"]["freeze"] = model, []
-    if image_size is not None:
-        tree["model"]["image_size"] = image_size
-    tree["model"]["num_classes"] = None
-    paths = ("root", "train_images", "val_images", "test_images", "train_annotations", "val_annotations",
-             "test_annotations")  # fmt: skip
-    data_keys = {k: str(Path(v).resolve()) if k in paths and v else v for k, v in source.data.items()}
-    # absolute paths: the run's config (in every checkpoint) reads the same data from any working folder
-    tree["data"].update({"root": None, "val_split": "val", "test_split": None, "split_file": None, **data_keys})
-    dev = resolve_device(device)
-    tree["train"].update(device=device, amp=auto_amp(dev))
-    if dev.type == "cuda":
-        tree["train"]["channels_last"] = True
-    if epochs is not None and minutes is not None:
-        raise ValueError("give a number of epochs or a time budget, not both")
-    if epochs is not None:
-        tree["train"].update(epochs=epochs, max_minutes=None)
-    elif minutes is not None:
-        tree["train"].update(epochs=None, max_minutes=minutes)
-    elif tree["train"]["max_minutes"] is None:  # the preset's own budget, else a number of epochs
-        tree["train"]["epochs"] = DEFAULT_EPOCHS
+    tree, dev = _recipe(source, preset, model, image_size, device, epochs, minutes)
     run_dir = next_run_dir(out, source.name)
     tree["train"]["out_dir"] = str(run_dir)
     apply_overrides(tree, overrides)
@@ -350,18 +327,58 @@ def plan_run(
         tree["train"]["eval_every"] = max(1, n_train // batch)  # about once per epoch
     config = config_from_dict(tree)
     hold = f"held out {n_val} of the training images (seed {config.train.seed}, {split_path})" if split_path else ""
+    tc = config.train
     notes = [
         f"data: {source.description}",
         f"classes ({len(classes)}): {', '.join(classes)}",
         f"images: train {n_train}, val {n_val}{' (' + hold + ')' if hold else ''}"
         + (", test split present" if source.has_test else ", no test split"),
-        f"model: {config.model.name} at {config.model.image_size}, device {dev}, amp {config.train.amp}, "
-        f"channels_last {config.train.channels_last}, batch {batch}, evaluating every {config.train.eval_every} steps",
-        "budget: "
-        + (f"{config.train.max_minutes:g} min" if config.train.max_minutes else f"{config.train.epochs} epochs"),
+        f"model: {config.model.name} at {config.model.image_size}, device {dev}, amp {tc.amp}, "
+        f"channels_last {tc.channels_last}, batch {batch}, evaluating every {tc.eval_every} steps",
+        "budget: " + (f"{tc.max_minutes:g} min" if tc.max_minutes else f"{tc.epochs} epochs"),
         f"run folder: {run_dir}",
     ]
     return RunPlan(config, source, run_dir, classes, n_train, n_val, split_path, notes)
+
+
+_PATH_KEYS = ("root", "train_images", "val_images", "test_images", "train_annotations", "val_annotations",
+              "test_annotations")  # fmt: skip
+
+
+def _recipe(
+    source: DataSource,
+    preset: str,
+    model: str | None,
+    image_size: int | None,
+    device: str,
+    epochs: int | None,
+    minutes: float | None,
+) -> tuple[dict[str, Any], torch.device]:
+    """The preset's config tree with the data, the model, the hardware's precision and the budget filled in."""
+    from multibox.runtime import resolve_device
+
+    if epochs is not None and minutes is not None:
+        raise ValueError("give a number of epochs or a time budget, not both")
+    tree = config_to_dict(load_config(preset))
+    if model is not None and model != tree["model"]["name"]:
+        tree["model"]["name"], tree["train"]["freeze"] = model, []
+    if image_size is not None:
+        tree["model"]["image_size"] = image_size
+    tree["model"]["num_classes"] = None
+    # absolute paths: the run's config (in every checkpoint) reads the same data from any working folder
+    data = {k: str(Path(v).resolve()) if k in _PATH_KEYS and v else v for k, v in source.data.items()}
+    tree["data"].update({"root": None, "val_split": "val", "test_split": None, "split_file": None, **data})
+    dev = resolve_device(device)
+    tree["train"].update(device=device, amp=auto_amp(dev))
+    if dev.type == "cuda":
+        tree["train"]["channels_last"] = True
+    if epochs is not None:
+        tree["train"].update(epochs=epochs, max_minutes=None)
+    elif minutes is not None:
+        tree["train"].update(epochs=None, max_minutes=minutes)
+    elif tree["train"]["max_minutes"] is None:  # the preset's own budget, else a number of epochs
+        tree["train"]["epochs"] = DEFAULT_EPOCHS
+    return tree, dev
 
 
 @dataclass

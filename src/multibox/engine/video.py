@@ -31,8 +31,8 @@ def is_video(path: str | Path) -> bool:
 
 
 def find_videos(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str | Path]]:
-    """Split ``inputs`` into video files (named, or inside named folders, sorted) and the other inputs (images and
-    folders of images: a folder that holds videos and no image is taken as a folder of videos only)."""
+    """Split ``inputs`` into video files (named, or inside named folders, sorted) and the other inputs: images,
+    folders without videos, and the image files of folders with videos (whose other files are then not listed)."""
     from multibox.files import IMAGE_SUFFIXES
 
     videos: list[Path] = []
@@ -43,8 +43,10 @@ def find_videos(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str | Pa
             files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
             inside = [f for f in files if is_video(f)]
             videos += inside
-            if not inside or any(f.suffix.lower() in IMAGE_SUFFIXES for f in files):
+            if not inside:
                 rest.append(item)
+            else:  # the folder's pictures one by one, so that its videos are not reported as skipped images
+                rest += [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         elif is_video(p):
             videos.append(p)
         else:
