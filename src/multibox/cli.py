@@ -383,16 +383,15 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 
 def _cmd_detect(a: argparse.Namespace) -> int:
-    from multibox.engine.video import find_videos
+    videos: list = []
+    if a.weights:  # (--onnx runs without torch: its inputs are pictures)
+        from multibox.engine.video import find_videos
 
-    videos, images = find_videos(a.inputs)
+        videos, a.inputs = find_videos(a.inputs)
     if videos:
-        if a.onnx:
-            raise ValueError("videos are read with --weights (a multibox checkpoint), not --onnx")
         _detect_videos(a, videos)
-        if not images:
+        if not a.inputs:
             return 0
-        a.inputs = images
     options = {"out_dir": a.out, "batch_size": a.batch_size, "score_thresh": a.score, "on_error": a.on_error}
     if a.onnx:
         from multibox.onnx_runtime import detect_onnx
