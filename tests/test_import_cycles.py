@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.io",
             "multibox.io.integrity",
             "multibox.io.regular",
+            "multibox.io.pillow_open",
             "multibox.viz",
             "multibox.files",
         ),
