@@ -268,11 +268,11 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from multibox.config import load_config
+    from multibox.config import list_presets, load_config
     from multibox.engine.train import train
 
-    if a.data is not None or (a.config is not None and os.path.isdir(a.config)):
-        return _train_own_data(a)
+    if a.data is not None or (a.config is not None and os.path.isdir(a.config) and a.config not in list_presets()):
+        return _train_own_data(a)  # (a folder named like a preset does not hide the preset)
     if a.config is None:
         raise ValueError("multibox train needs a preset/YAML config or --data PATH (a dataset)")
     given = [f"--{k}" for k in ("model", "epochs", "time", "imgsz", "split") if getattr(a, k) is not None]
