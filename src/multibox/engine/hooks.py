@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from multibox.config import config_to_dict
 from multibox.engine.rng import capture_rng_state, restore_rng_state
 from multibox.engine.trainer import Hook, Trainer
 from multibox.weights.checkpoint import model_checkpoint
@@ -198,7 +199,8 @@ class Evaluator(Hook):
             self.best = (trainer.step, value)
             run = trainer.run
             extra = {"step": trainer.step, "metrics": {self.key: value}}
-            save_checkpoint(self.out_dir / "best.pt", model_checkpoint(model, run.classes, None, **extra))
+            ckpt = model_checkpoint(model, run.classes, config_to_dict(run.config), **extra)
+            save_checkpoint(self.out_dir / "best.pt", ckpt)
 
     def after_step(self, trainer: Trainer) -> None:
         if self.every and trainer.step % self.every == 0:
