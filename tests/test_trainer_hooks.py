@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from multibox.config import load_config
+from multibox.config import config_from_dict, load_config
 from multibox.engine import hooks as H
 from multibox.engine.builders import build_dataset, build_optimizer
 from multibox.engine.evaluate import evaluate
@@ -31,6 +31,7 @@ def test_periodic_evaluation_keeps_the_best_checkpoint_and_logs_it(tmp_path):
     best = load_checkpoint(result.best_checkpoint)
     assert best["step"] == best_step and best["metrics"] == {"mAP": best_value}
     assert "optimizer" not in best and best["format_version"] == 2 and len(best["model_sha256"]) == 64
+    assert config_from_dict(best["config"]) == cfg  # `multibox eval --weights best.pt` needs no --config
     # Round trip: best.pt evaluated again gives the mAP recorded for it.
     model = model_from_checkpoint(best)
     again = evaluate(model, build_dataset(cfg.data, "val", cfg.model.image_size), batch_size=8)

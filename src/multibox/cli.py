@@ -76,12 +76,15 @@ _BENCH_PATHS = ["fp32", "channels_last", "bf16", "fp16", "compile", "int8", "onn
 EXAMPLES = {
     "demo": "example:\n  multibox demo                      # ~5 CPU minutes, writes runs/demo/\n"
     "  multibox demo --iters 200 --out /tmp/demo",
-    "train": "example:\n  multibox train ssd_tiny_shapes --set train.max_iters=300 --set train.out_dir=runs/t\n"
+    "train": "example:\n  multibox train --data ../shared/data/raccoon --time 10m\n"
+    "  multibox train --data my_yolo/data.yaml --model ssdlite320_efficientnet_lite0 --epochs 50\n"
+    "  multibox train ssd_tiny_shapes --set train.max_iters=300 --set train.out_dir=runs/t\n"
     "  multibox train ssd300_vgg16_voc --set data.root=VOCdevkit/VOC2007 --resume auto",
     "eval": "example:\n  multibox eval --weights runs/demo/last.pt\n"
     "  multibox eval --weights runs/demo/last.pt --int8 32    # int8 backbone, calibrated on 32 training images\n"
     "  multibox eval --weights last.pt --config ssd300_vgg16_voc --set data.root=VOC2007 --metric voc",
     "detect": "example:\n  multibox detect photos/ img.jpg --weights runs/demo/last.pt --out runs/detect\n"
+    "  multibox detect clip.mp4 videos/ --weights best.pt   # annotated videos + per-frame JSON (extra: video)\n"
     "  multibox detect img.jpg --onnx model.onnx         # onnxruntime only, no torch needed",
     "export": "example:\n  multibox export --weights runs/demo/last.pt --out model.onnx\n"
     "  multibox export --weights last.pt --out raw.onnx --raw --image-size 300 400",
@@ -94,6 +97,8 @@ EXAMPLES = {
     "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
     "scan": "example:\n  multibox scan ../shared/data/cards --split train\n"
     "  multibox scan ../shared/data/raccoon --decode",
+    "report": "example:\n  multibox report runs/raccoon-1            # rebuilds runs/raccoon-1/report/report.html\n"
+    "  multibox report runs/raccoon-1 --split test --score 0.5",
     "anchors": "example:\n  multibox anchors ../shared/data/cards --model ssd300_vgg16\n"
     "  multibox anchors ../shared/data/raccoon --model ssd_tiny --image-size 128 --clusters 5",
 }
@@ -128,8 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
 
-    t = _parser(sub, "train", "train a detector from a preset name or YAML config")
-    t.add_argument("config", help="preset name (multibox.config.list_presets()) or YAML path")
+    t = _parser(sub, "train", "train a detector on your own data (--data) or from a preset name or YAML config")
+    t.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="preset name (multibox.config.list_presets()) or YAML path; a dataset folder means --data",
+    )
+    t.add_argument("--data", default=None, help="a VOC folder, COCO .json, YOLO data.yaml/folder or dataset YAML")
+    t.add_argument("--model", default=None, help="with --data: a registered model (default: the fine-tuning preset's)")
+    t.add_argument("--epochs", type=_int_at_least(1), default=None, help="with --data: passes over the data")
+    t.add_argument("--time", default=None, help="with --data: wall-clock budget (90s, 10m, 1.5h), then evaluate")
+    t.add_argument("--imgsz", type=_int_at_least(32), default=None, help="with --data: input side in pixels")
+    t.add_argument("--device", default="auto", help="with --data: auto, cpu, cuda, cuda:N")
+    t.add_argument("--out", default="runs", help="with --data: runs go to OUT/<data name>-N (default: runs)")
+    t.add_argument("--split", default=None, help="with --data: reuse the split.json of an earlier run")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' (out_dir/last.pt)")
     t.add_argument("--no-progress", action="store_true")
@@ -146,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 backbone (CPU) calibrated on the first N training images (e.g. 32)")  # fmt: skip
 
     det = _parser(sub, "detect", "detect objects in images; writes JSON and annotated pictures")
-    det.add_argument("inputs", nargs="+", help="image files and/or folders")
+    det.add_argument("inputs", nargs="+", help="image files, video files (.mp4, .mov, ...) and/or folders of them")
     src = det.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="a multibox checkpoint")
     src.add_argument("--onnx", help="a model written by `multibox export` (runs on onnxruntime, without torch)")
@@ -220,16 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_int_at_least(1), default=7)
     b.add_argument("--device", default="cpu")
 
+    rp = _parser(sub, "report", "(re)build a run's report: per-class AP, PR curves, confusion matrix, worst images")
+    rp.add_argument("run_dir", help="a training run's folder (with config.json and best.pt or last.pt)")
+    rp.add_argument("--weights", default=None, help="the checkpoint (default: best.pt, else last.pt)")
+    rp.add_argument("--split", choices=["val", "test"], default="val")
+    rp.add_argument("--score", type=_fraction, default=0.3, help="working point of the confusion matrix (default 0.3)")
+    rp.add_argument("--device", default="auto")
+
     an = _parser(sub, "anchors", "how well a model's priors cover a dataset's boxes (IoU >= 0.5), and better priors")
-    an.add_argument("root", help="VOC dataset root")
+    an.add_argument("root", help="a dataset: VOC folder, COCO .json, YOLO data.yaml or folder, dataset YAML")
     an.add_argument("--split", default=None, help="split name (default: every annotation file)")
     an.add_argument("--model", default="ssd300_vgg16")
     _image_size(an)
     an.add_argument("--priors", default=None, choices=["voc300", "coco300", "voc512", "coco512"], help="prior preset")
     an.add_argument("--clusters", type=_int_at_least(1), default=6, help="k of the k-means suggestion")
 
-    s = _parser(sub, "scan", "check a VOC dataset and report every problem at once")
-    s.add_argument("root")
+    s = _parser(sub, "scan", "check a dataset (VOC, COCO, YOLO) and report every problem at once")
+    s.add_argument("root", help="a VOC folder, COCO .json (its images found beside it) or YOLO data.yaml/folder")
     s.add_argument("--split", default=None, help="split name (default: every annotation file)")
     s.add_argument(
         "--decode",
@@ -257,8 +282,16 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from multibox.config import load_config
+    from multibox.config import list_presets, load_config
     from multibox.engine.train import train
+
+    if a.data is not None or (a.config is not None and os.path.isdir(a.config) and a.config not in list_presets()):
+        return _train_own_data(a)  # (a folder named like a preset does not hide the preset)
+    if a.config is None:
+        raise ValueError("multibox train needs a preset/YAML config or --data PATH (a dataset)")
+    given = [f"--{k}" for k in ("model", "epochs", "time", "imgsz", "split") if getattr(a, k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --data; with a config use --set (e.g. train.epochs=10)")
 
     r = train(load_config(a.config, a.overrides), resume=a.resume, progress=not a.no_progress, log=print)
     print(
@@ -280,6 +313,25 @@ def _cmd_train(a: argparse.Namespace) -> int:
             "is drawn; see the warnings)"
         )
     return int(ExitCode.SKIPPED) if r.skipped_when_built or r.skipped_images else 0
+
+
+def _train_own_data(a: argparse.Namespace) -> int:
+    from multibox.engine.owndata import parse_duration, plan_run, train_own_data
+
+    if a.data is not None and a.config is not None:
+        raise ValueError(f"give either a config ({a.config}) or --data ({a.data}), not both")
+    if a.epochs is not None and a.time is not None:
+        raise ValueError("give --epochs or --time, not both")
+    plan = plan_run(a.data or a.config, model=a.model, epochs=a.epochs,
+                    minutes=parse_duration(a.time) if a.time else None, image_size=a.imgsz, device=a.device,
+                    out=a.out, split_file=a.split, overrides=tuple(a.overrides))  # fmt: skip
+    r = train_own_data(plan, progress=not a.no_progress, log=print)
+    for line in r.summary():
+        print(line)
+    if r.train.skipped_images:
+        print(f"{r.train.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
+        return int(ExitCode.SKIPPED)
+    return 0
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -345,6 +397,15 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 
 def _cmd_detect(a: argparse.Namespace) -> int:
+    videos: list = []
+    if a.weights:  # (--onnx runs without torch: its inputs are pictures)
+        from multibox.engine.video import find_videos
+
+        videos, a.inputs = find_videos(a.inputs)
+    if videos:
+        _detect_videos(a, videos)
+        if not a.inputs:
+            return 0
     options = {"out_dir": a.out, "batch_size": a.batch_size, "score_thresh": a.score, "on_error": a.on_error}
     if a.onnx:
         from multibox.onnx_runtime import detect_onnx
@@ -357,6 +418,17 @@ def _cmd_detect(a: argparse.Namespace) -> int:
     written = f"{a.out}/detections.json" + (f", {a.out}/skipped.json" if results.skipped else "")
     print(f"{results.summary()}; written to {written} and the annotated images under {a.out}/")
     return ExitCode.SKIPPED if results.skipped else ExitCode.OK
+
+
+def _detect_videos(a: argparse.Namespace, videos: list) -> None:
+    from multibox.engine.video import detect_video
+    from multibox.runtime import load_detector
+
+    model, names = load_detector(a.weights)
+    for path in videos:
+        r = detect_video(model, path, a.out, class_names=names, batch_size=a.batch_size, score_thresh=a.score,
+                         device=a.device)  # fmt: skip
+        print(f"{path}: {r['frames']} frames, {r['detections']} detections -> {r['output']}, {r['json']}")
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
@@ -468,10 +540,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 def _cmd_anchors(a: argparse.Namespace) -> int:
     from multibox.data import VOCDetection, anchor_coverage, normalized_targets, suggest_priors
+    from multibox.engine.owndata import open_dataset
     from multibox.models import create_model
     from multibox.priors import PRIOR_PRESETS
 
-    data = VOCDetection(a.root, split=a.split)
+    if os.path.isdir(os.path.join(a.root, "Annotations")) or not os.path.exists(a.root):
+        data = VOCDetection(a.root, split=a.split)
+    else:
+        data = open_dataset(a.root, a.split or "train")
     kwargs: dict = {}
     if a.image_size:
         kwargs["image_size"] = tuple(a.image_size) if len(a.image_size) == 2 else a.image_size[0]
@@ -485,15 +561,28 @@ def _cmd_anchors(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(a: argparse.Namespace) -> int:
+    from multibox.engine.report import build_report
+
+    page = build_report(a.run_dir, weights=a.weights, split=a.split, score=a.score, device=a.device)
+    print(f"report written to {page} (and report.json, PNGs beside it)")
+    return 0
+
+
 def _cmd_scan(a: argparse.Namespace) -> int:
     from multibox.data import scan_dataset
+    from multibox.engine.owndata import detect_format
 
-    report = scan_dataset(a.root, split=a.split, decode=a.decode)
+    src = detect_format(a.root) if os.path.isfile(a.root) and a.root.lower().endswith(".json") else None
+    if src is not None:  # COCO: its image folder is found beside the JSON
+        report = scan_dataset(src.data["train_images"], annotation_json=src.data["train_annotations"], decode=a.decode)
+    else:  # a VOC folder or a YOLO dataset
+        report = scan_dataset(a.root, split=a.split, decode=a.decode)
     print(report)
     return 0 if report.ok else 1
 
 
-_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench"})
+_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench", "report"})
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
@@ -505,6 +594,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": _cmd_info,
     "scan": _cmd_scan,
     "anchors": _cmd_anchors,
+    "report": _cmd_report,
     "bench": _cmd_bench,
 }
 

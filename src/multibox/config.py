@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from multibox.io.regular import file_kind
 from multibox.user_input import parse_yaml, short
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "EvalConfig",
     "ModelConfig",
     "TrainConfig",
+    "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "list_presets",
@@ -109,12 +111,19 @@ class DataConfig:
     """Where the images come from.
 
     Attributes:
-        kind: ``voc`` (a VOC layout at ``root``), ``coco`` (``images_dir`` + ``annotations``) or ``shapes``
+        kind: ``voc`` (a VOC layout at ``root``), ``coco`` (``images_dir`` + ``annotations``), ``yolo`` (a YOLO
+            dataset: ``root`` is its ``data.yaml`` or a folder with ``images/`` + ``labels/``), ``sources`` (``root``
+            is a dataset YAML naming several sources per split, see :mod:`multibox.data.sources`) or ``shapes``
             (the synthetic set, generated in memory).
-        root: VOC root directory.
-        train_split / val_split: VOC ``ImageSets/Main`` split names.
+        root: VOC root directory, YOLO dataset (folder or ``data.yaml``) or dataset YAML.
+        train_split / val_split / test_split: VOC ``ImageSets/Main`` split names (YOLO, sources: the YAML's keys;
+            a VOC ``train_split`` None: every annotation file);
+            ``test_split`` None: no test split.
+        split_file: a ``split.json`` (:mod:`multibox.data.holdout`) that divides the train split's images into
+            train and val (a held-out validation set); ``val_split`` is then unused.
         classes: class names (None: collected from the annotations).
-        train_images / val_images / train_annotations / val_annotations: COCO image folders and JSON files.
+        train_images / val_images / train_annotations / val_annotations: COCO image folders and JSON files;
+            test_images / test_annotations: an optional COCO test split.
         shapes_train / shapes_val: sizes of the synthetic splits; shapes_seed: their seed.
         shapes_min_size / shapes_max_size: the synthetic objects' side range, as a fraction of the image side.
         keep_difficult: keep ``difficult`` objects in training targets.
@@ -126,15 +135,19 @@ class DataConfig:
             the file (the batch is one smaller; the run reports how many were skipped) or ``raise`` (stop the run).
     """
 
-    kind: Literal["voc", "coco", "shapes"] = "shapes"
+    kind: Literal["voc", "coco", "yolo", "sources", "shapes"] = "shapes"
     root: str | None = None
-    train_split: str = "train"
+    train_split: str | None = "train"
     val_split: str = "test"
+    test_split: str | None = None
+    split_file: str | None = None
     classes: tuple[str, ...] | None = None
     train_images: str | None = None
     val_images: str | None = None
     train_annotations: str | None = None
     val_annotations: str | None = None
+    test_images: str | None = None
+    test_annotations: str | None = None
     shapes_train: int = 1000
     shapes_val: int = 200
     shapes_seed: int = 0
@@ -193,6 +206,9 @@ class TrainConfig:
         freeze: module names (prefixes, e.g. ``backbone.features.stem``) whose parameters are not trained and whose
             BatchNorm layers stay in eval mode: a pretrained backbone's early, high-resolution stages, which cost
             most of the backward pass and change least in fine-tuning. An unknown name is an error.
+        patience: stop when the validation mAP has not improved for this many evaluations (0: never).
+        ema: keep an exponential moving average of the weights with this decay (e.g. 0.999; 0: none); the average
+            is what is evaluated and saved in ``best.pt`` (``last.pt`` holds both).
     """
 
     batch_size: int = 32
@@ -224,6 +240,8 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     freeze_bn: bool = False
     freeze: tuple[str, ...] = ()
+    patience: int = 0
+    ema: float = 0.0
 
     _SECTION: ClassVar[str] = "train"
     _RANGES: ClassVar[dict[str, _Range]] = {
@@ -232,7 +250,8 @@ class TrainConfig:
         "milestones": _NON_NEGATIVE, "gamma": _Range(0, 1, low_open=True), "min_lr_factor": _UNIT,
         "max_iters": _AT_LEAST_1, "epochs": _AT_LEAST_1, "grad_accum": _AT_LEAST_1, "clip_grad_norm": _POSITIVE,
         "seed": _NON_NEGATIVE, "log_every": _AT_LEAST_1, "ckpt_every": _NON_NEGATIVE, "eval_every": _NON_NEGATIVE,
-        "max_minutes": _POSITIVE, "backbone_lr_mult": _NON_NEGATIVE,
+        "max_minutes": _POSITIVE, "backbone_lr_mult": _NON_NEGATIVE, "patience": _NON_NEGATIVE,
+        "ema": _Range(0, 1, high_open=True),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -407,6 +426,8 @@ def _read_config_file(name_or_path: str | Path) -> dict[str, Any]:
     path = Path(name_or_path)
     if not path.is_file():
         preset = _preset_dir() / f"{name_or_path}.yaml"
+        if not preset.is_file() and path.exists():  # a named pipe would block the read
+            raise ConfigError(f"{path}: not a regular file: {file_kind(path.stat().st_mode)}")
         if not preset.is_file():
             presets = list_presets()
             raise FileNotFoundError(f"no config file or preset named {short(str(name_or_path))}; presets: {presets}")
@@ -438,6 +459,15 @@ def load_config(name_or_path: str | Path | None = None, overrides: Iterable[str]
             or a malformed override (the message names the file or the key).
     """
     tree = _read_config_file(name_or_path) if name_or_path is not None else {}
+    return config_from_dict(apply_overrides(tree, overrides))
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML, without aliases) to a config tree, in place.
+
+    Raises:
+        ConfigError: a malformed override (the message names it).
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {short(item)} must look like section.key=value")
@@ -447,4 +477,4 @@ def load_config(name_or_path: str | Path | None = None, overrides: Iterable[str]
         except ValueError as e:
             raise ConfigError(str(e)) from e
         _set(tree, key.strip(), value)
-    return config_from_dict(tree)
+    return tree

@@ -22,7 +22,7 @@ from multibox.data.image_io import ImageInfo, decode_image, orient_boxes, probe_
 from multibox.data.voc import find_image, parse_voc_xml, read_split, voc_to_xyxy
 from multibox.io.regular import read_bytes
 
-__all__ = ["ScanReport", "scan_dataset"]
+__all__ = ["ScanReport", "is_yolo_layout", "scan_dataset"]
 
 _EXAMPLES_PER_KIND = 8
 
@@ -33,7 +33,7 @@ class ScanReport:
 
     Attributes:
         root: the dataset scanned.
-        format: ``"voc"`` or ``"coco"``.
+        format: ``"voc"``, ``"coco"`` or ``"yolo"``.
         num_images: annotated images examined.
         num_boxes: boxes that a reader would keep (after clipping; difficult and crowd included).
         class_counts: boxes per class name.
@@ -288,6 +288,54 @@ def _scan_coco(images_dir: Path, annotation_json: Path, decode: bool, report: Sc
     _duplicates(report, used_images, boxes_of)
 
 
+def _scan_yolo(source: Path, split: str | None, decode: bool, report: ScanReport) -> None:
+    from multibox.data.yolo import label_path, parse_yolo_labels, read_yolo_dataset
+
+    info = read_yolo_dataset(source)
+    if split is not None and split not in info.splits:
+        raise DatasetError(f"{info.source}: no split {split!r}; it has {sorted(info.splits)}")
+    paths = sorted({p for s, ps in info.splits.items() if split in (None, s) for p in ps})
+    used_images, boxes_of = [], {}
+    for path in paths:
+        if not path.exists():
+            report.issues.append(
+                Issue("missing_image", str(path), f"listed by {info.source} but not found", 1, "error")
+            )
+            continue
+        image = _usable_image(report, path, decode)
+        if image is None:
+            continue
+        labels = label_path(path)
+        if not labels.is_file():
+            report.issues.append(Issue("missing_label", str(path), "no label file (read as no boxes)", 1, "warning"))
+            cxcywh, ids = torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+        else:
+            try:
+                cxcywh, ids = parse_yolo_labels(labels, len(info.classes))
+            except DatasetError as exc:
+                report.issues.append(Issue("malformed_label", str(labels), str(exc).split(": ", 1)[-1], 1, "error"))
+                continue
+        w, h = image.size
+        half = cxcywh[:, 2:] / 2
+        boxes = torch.cat((cxcywh[:, :2] - half, cxcywh[:, :2] + half), 1) * torch.tensor([w, h, w, h])  # cxcywh->xyxy
+        check = check_boxes(boxes, w, h)
+        report.issues += check.issues(str(labels))
+        report.num_images += 1
+        report.num_boxes += int(check.keep.sum())
+        report.class_counts.update(info.classes[k] for k in ids[check.keep].tolist())
+        used_images.append(path)
+        boxes_of[path] = check.boxes[check.keep]
+    _duplicates(report, used_images, boxes_of)
+
+
+def is_yolo_layout(root: str | Path) -> bool:
+    """Whether ``root`` looks like a YOLO dataset: a ``.yaml`` file, or a folder with ``data.yaml`` or ``labels/``."""
+    root = Path(root)
+    if root.is_file():
+        return root.suffix.lower() in (".yaml", ".yml")
+    return (root / "data.yaml").is_file() or ((root / "labels").is_dir() and (root / "images").is_dir())
+
+
 def scan_dataset(
     root: str | Path,
     *,
@@ -296,11 +344,12 @@ def scan_dataset(
     classes: Sequence[str] | None = None,
     decode: bool = False,
 ) -> ScanReport:
-    """Check a VOC-layout folder (or a COCO images folder + JSON) and report every problem at once.
+    """Check a VOC-layout folder (or a COCO images folder + JSON, or a YOLO dataset) and report every problem at once.
 
     Args:
-        root: the VOC root (``Annotations/``, ``JPEGImages/``...), or the COCO images folder.
-        split: a VOC split to scan (default: every annotation file).
+        root: the VOC root (``Annotations/``, ``JPEGImages/``...), the COCO images folder, or a YOLO ``data.yaml``
+            or folder (:func:`is_yolo_layout`).
+        split: a VOC or YOLO split to scan (default: every annotation file / every split).
         annotation_json: a COCO annotation file; when given, ``root`` is read as COCO's images folder.
         classes: the expected class names (VOC); other names are reported as errors.
         decode: also decode every image (finds truncated files; slower). Headers are always read.
@@ -313,6 +362,9 @@ def scan_dataset(
     if annotation_json is not None:
         report = ScanReport(str(annotation_json), "coco")
         _scan_coco(root, Path(annotation_json), decode, report)
+    elif is_yolo_layout(root):
+        report = ScanReport(str(root), "yolo")
+        _scan_yolo(root, split, decode, report)
     else:
         report = ScanReport(str(root), "voc")
         _scan_voc(root, split, classes, decode, report)

@@ -13,6 +13,7 @@ __all__ = [
     "build_dataset",
     "build_model",
     "build_optimizer",
+    "has_test_split",
 ]
 
 
@@ -22,23 +23,50 @@ def build_dataset(
     image_size: int | tuple[int, int] | None = None,
     classes: tuple[str, ...] | list[str] | None = None,
 ) -> Any:
-    """The raw dataset (uint8 images, pixel boxes) of ``split`` (``train`` or ``val``).
+    """The raw dataset (uint8 images, pixel boxes) of ``split`` (``train``, ``val`` or ``test``).
 
     Args:
         cfg: the data config; ``data.on_error`` says whether an unreadable image is skipped with a warning (its
-            item is then None and the batch smaller) or stops the run.
-        split: ``train`` or ``val``.
+            item is then None and the batch smaller) or stops the run. With ``data.split_file`` the train and val
+            splits are the file's two parts of the training split (:mod:`multibox.data.holdout`).
+        split: ``train``, ``val`` or ``test`` (see :func:`has_test_split`).
         image_size: the shapes set's image size.
         classes: the class names, in label order, to read a VOC set with (e.g. the training set's, so that a
             validation split lacking a class still numbers the others alike); default ``data.classes``.
 
     Raises:
-        ValueError: a required path of the config is missing (the message names the key to set).
+        ValueError: a required path of the config is missing (the message names the key to set), or no test split.
     """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    if split == "test" and not has_test_split(cfg):
+        raise ValueError("the data config names no test split (data.test_split, or data.test_images/annotations)")
+    if cfg.split_file and split in ("train", "val") and cfg.kind != "shapes":
+        from multibox.data.holdout import apply_split, read_split_file
+
+        base = _read_split(cfg, "train", image_size, classes, keep_difficult=cfg.keep_difficult or split == "val")
+        return apply_split(base, read_split_file(cfg.split_file), split, source=cfg.split_file)
+    return _read_split(cfg, split, image_size, classes, keep_difficult=cfg.keep_difficult or split != "train")
+
+
+def has_test_split(cfg: DataConfig) -> bool:
+    """Whether ``cfg`` names a test split (besides train and val)."""
+    if cfg.kind == "coco":
+        return bool(cfg.test_images and cfg.test_annotations)
+    return cfg.kind != "shapes" and cfg.test_split is not None
+
+
+def _read_split(
+    cfg: DataConfig,
+    split: str,
+    image_size: int | tuple[int, int] | None,
+    classes: tuple[str, ...] | list[str] | None,
+    keep_difficult: bool,
+) -> Any:
     from multibox import data
 
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    names = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}[split]
+    classes = tuple(classes) if classes is not None else cfg.classes
     if cfg.kind == "shapes":
         n = cfg.shapes_train if split == "train" else cfg.shapes_val
         seed = cfg.shapes_seed if split == "train" else cfg.shapes_seed + 1_000_003
@@ -46,22 +74,27 @@ def build_dataset(
         return data.ShapesDataset(
             num_images=n, image_size=size, seed=seed, min_size=cfg.shapes_min_size, max_size=cfg.shapes_max_size
         )
+    if cfg.kind in ("voc", "yolo", "sources") and not cfg.root:
+        example = {"voc": "VOCdevkit/VOC2007", "yolo": "my_data/data.yaml", "sources": "my_dataset.yaml"}[cfg.kind]
+        raise ValueError(f"data.root is not set: pass --set data.root={example}")
     if cfg.kind == "voc":
-        if not cfg.root:
-            raise ValueError("data.root is not set: pass --set data.root=/path/to/VOCdevkit/VOC2007")
         return data.VOCDetection(
-            cfg.root,
-            split=cfg.train_split if split == "train" else cfg.val_split,
-            classes=tuple(classes) if classes is not None else cfg.classes,
-            keep_difficult=cfg.keep_difficult or split == "val",
-            on_error=cfg.on_error,
+            cfg.root, split=names, classes=classes, keep_difficult=keep_difficult, on_error=cfg.on_error
         )
-    images = cfg.train_images if split == "train" else cfg.val_images
-    ann = cfg.train_annotations if split == "train" else cfg.val_annotations
+    if cfg.kind == "yolo":
+        from multibox.data.yolo import YOLODetection
+
+        return YOLODetection(cfg.root, split=names, classes=classes, on_error=cfg.on_error)
+    if cfg.kind == "sources":
+        from multibox.data.sources import build_sources
+
+        return build_sources(cfg.root, names, classes, keep_difficult=keep_difficult, on_error=cfg.on_error)
+    images = {"train": cfg.train_images, "val": cfg.val_images, "test": cfg.test_images}[split]
+    ann = {"train": cfg.train_annotations, "val": cfg.val_annotations, "test": cfg.test_annotations}[split]
     if not images or not ann:
         raise ValueError(f"data.{split}_images and data.{split}_annotations must be set for a COCO dataset")
     # Crowd regions are no training targets, but evaluation must see them (COCOeval ignores matches to them).
-    return data.COCODetection(images, ann, include_crowd=split == "val", on_error=cfg.on_error)
+    return data.COCODetection(images, ann, include_crowd=split != "train", on_error=cfg.on_error)
 
 
 def build_model(cfg: ModelConfig, num_classes: int, **overrides: Any) -> nn.Module:

@@ -14,12 +14,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from multibox.config import config_to_dict
 from multibox.engine.rng import capture_rng_state, restore_rng_state
 from multibox.engine.trainer import Hook, Trainer
 from multibox.weights.checkpoint import model_checkpoint
 from multibox.weights.io import save_checkpoint
 
-__all__ = ["Callbacks", "Checkpointer", "Evaluator", "MetricLogger", "ProgressBar", "TimeBudget"]
+__all__ = [
+    "EMA",
+    "Callbacks",
+    "Checkpointer",
+    "EarlyStopping",
+    "Evaluator",
+    "MetricLogger",
+    "ProgressBar",
+    "TimeBudget",
+]
 
 
 class ProgressBar(Hook):
@@ -143,6 +153,7 @@ class Evaluator(Hook):
         out_dir: where ``best.pt`` goes.
         logger: where the values are logged.
         key: the metric that ranks checkpoints (higher is better).
+        model_of: which network to evaluate and save (default the run's model; e.g. the :class:`EMA` average).
 
     Attributes:
         history: ``(step, metrics)`` of every evaluation.
@@ -157,8 +168,10 @@ class Evaluator(Hook):
         out_dir: Path,
         logger: MetricLogger | None = None,
         key: str = "mAP",
+        model_of: Callable[[Trainer], Any] | None = None,
     ) -> None:
         self.evaluate, self.every, self.out_dir, self.logger, self.key = evaluate, every, out_dir, logger, key
+        self.model_of = model_of or (lambda trainer: trainer.run.model)
         self.history: list[tuple[int, dict[str, Any]]] = []
         self.best: tuple[int, float] | None = None
         self.seconds = 0.0
@@ -170,7 +183,8 @@ class Evaluator(Hook):
         t0 = time.perf_counter()
         rng = capture_rng_state()
         try:
-            metrics = dict(self.evaluate(trainer.run.model))
+            model = self.model_of(trainer)
+            metrics = dict(self.evaluate(model))
         finally:
             restore_rng_state(rng)
             trainer.set_train_mode()
@@ -185,7 +199,8 @@ class Evaluator(Hook):
             self.best = (trainer.step, value)
             run = trainer.run
             extra = {"step": trainer.step, "metrics": {self.key: value}}
-            save_checkpoint(self.out_dir / "best.pt", model_checkpoint(run.model, run.classes, None, **extra))
+            ckpt = model_checkpoint(model, run.classes, config_to_dict(run.config), **extra)
+            save_checkpoint(self.out_dir / "best.pt", ckpt)
 
     def after_step(self, trainer: Trainer) -> None:
         if self.every and trainer.step % self.every == 0:
@@ -194,6 +209,83 @@ class Evaluator(Hook):
     def after_train(self, trainer: Trainer) -> None:
         if trainer.failed is None:
             self._run(trainer)
+
+
+class EarlyStopping(Hook):
+    """Stop training when the validation metric has not improved for ``patience`` evaluations in a row.
+
+    Place it after its :class:`Evaluator` in the hook list (it reads the evaluation of the same step).
+
+    Attributes:
+        stale: evaluations since the best one.
+    """
+
+    def __init__(self, evaluator: Evaluator, patience: int) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.evaluator, self.patience = evaluator, patience
+        self.stale = 0
+        self._seen = 0
+
+    def after_step(self, trainer: Trainer) -> None:
+        history = self.evaluator.history
+        if len(history) == self._seen:
+            return
+        self._seen = len(history)
+        best = self.evaluator.best
+        self.stale = 0 if best is None else sum(1 for step, _ in history if step > best[0])
+        if best is None:  # every evaluation so far gave NaN
+            self.stale = len(history)
+        if self.stale >= self.patience:
+            trainer.request_stop(
+                f"no better validation {self.evaluator.key} for {self.stale} evaluations (patience {self.patience}); "
+                f"best at step {best[0] if best else '-'}"
+            )
+
+
+class EMA(Hook):
+    """An exponential moving average of the model's weights (Polyak averaging), updated after every step.
+
+    ``avg = d * avg + (1 - d) * w`` with ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (a short
+    warmup, so that the average is not dominated by the initial weights in short runs); buffers (BatchNorm
+    statistics) are copied. Evaluate :attr:`model` (:class:`Evaluator`'s ``model_of``); its state goes into every
+    ``last.pt`` under ``"ema"`` and is restored on resume.
+
+    Attributes:
+        model: the averaged copy (eval mode, no gradients), built by ``before_train``.
+        updates: how many steps it has averaged.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"the EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model: Any = None
+        self.updates = 0
+
+    def before_train(self, trainer: Trainer) -> None:
+        import copy
+
+        self.model = copy.deepcopy(trainer.run.model).eval().requires_grad_(False)
+        saved = trainer.run.resume_state.get("ema")
+        if saved:
+            self.model.load_state_dict(saved["model"])
+            self.updates = int(saved["updates"])
+        trainer.extra_state["ema"] = lambda: {"model": self.model.state_dict(), "updates": self.updates}
+
+    def after_step(self, trainer: Trainer) -> None:
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            model_state = trainer.run.model.state_dict()
+            for name, avg in self.model.state_dict().items():
+                current = model_state[name].detach()
+                if avg.dtype.is_floating_point:
+                    avg.mul_(d).add_(current.to(avg.dtype), alpha=1 - d)
+                else:
+                    avg.copy_(current)
 
 
 class TimeBudget(Hook):

@@ -52,6 +52,7 @@ class TrainingRun:
         out_dir: where checkpoints and logs go.
         prior_fit: what :func:`fit_model_priors` decided (None when the config names fixed priors, or on resume).
         elapsed_s: training seconds spent before this run (from a resumed checkpoint), for the time budget.
+        resume_state: the resumed checkpoint's entries that hooks keep (``ema``...), empty on a fresh start.
         skipped_when_built: training images the reader left out when it was built (unreadable or unusable files,
             ``data.on_error=skip``; it warned naming them).
     """
@@ -76,6 +77,7 @@ class TrainingRun:
     out_dir: Path = field(default_factory=lambda: Path("runs/exp"))
     prior_fit: Any = None
     elapsed_s: float = 0.0
+    resume_state: dict[str, Any] = field(default_factory=dict)
     skipped_when_built: int = 0
 
     @property
@@ -356,5 +358,6 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         out_dir=out_dir,
         prior_fit=fit,
         elapsed_s=elapsed,
+        resume_state={k: ckpt[k] for k in ("ema",) if ckpt is not None and k in ckpt},
         skipped_when_built=skipped_when_built(raw),
     )

@@ -58,7 +58,7 @@ def model_args(model: nn.Module) -> dict[str, Any]:
     return model.config_dict()
 
 
-def _evaluator(run: TrainingRun, logger: H.MetricLogger) -> H.Evaluator | None:
+def _evaluator(run: TrainingRun, logger: H.MetricLogger, ema: H.EMA | None) -> H.Evaluator | None:
     """Periodic validation on the config's val split (``train.eval_every`` steps, and at the end)."""
     tc, ec = run.config.train, run.config.eval
     if not tc.eval_every or not run.is_main:
@@ -81,7 +81,8 @@ def _evaluator(run: TrainingRun, logger: H.MetricLogger) -> H.Evaluator | None:
         top_k=ec.top_k,
     )
     key = "AP" if ec.metric == "coco" else "mAP"
-    return H.Evaluator(fn, tc.eval_every, run.out_dir, logger, key=key)
+    model_of = (lambda trainer: ema.model) if ema is not None else None
+    return H.Evaluator(fn, tc.eval_every, run.out_dir, logger, key=key, model_of=model_of)
 
 
 def _write_run_files(run: TrainingRun) -> None:
@@ -145,12 +146,17 @@ def _train(
                 log(str(run.prior_fit))
         logger = H.MetricLogger(run.out_dir, tc.log_every)
         checkpointer = H.Checkpointer(run.out_dir, tc.ckpt_every)
-        evaluator = _evaluator(run, logger)
+        ema = H.EMA(tc.ema) if tc.ema > 0 else None
+        evaluator = _evaluator(run, logger, ema)
         hooks: list[Hook] = [logger, checkpointer]
         if progress:
             hooks.insert(0, H.ProgressBar())
+        if ema is not None:  # before the checkpointer, whose final last.pt holds the average
+            hooks.insert(hooks.index(checkpointer), ema)
         if evaluator is not None:
             hooks.append(evaluator)
+            if tc.patience:
+                hooks.append(H.EarlyStopping(evaluator, tc.patience))
         if tc.max_minutes is not None:
             hooks.append(H.TimeBudget(tc.max_minutes * 60, every=tc.log_every, evaluator=evaluator))
         hooks.append(H.Callbacks(callbacks))

@@ -29,6 +29,21 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the images of the batch."""
 
 
+def _global_positive_scale(num_pos: torch.Tensor, world: int) -> torch.Tensor:
+    """The factor that turns a process's loss (divided by its own positives) into its share of the loss divided by
+    the positives of every process: ``world * local / global`` (DDP averages the gradients over the processes).
+
+    With it, ``world`` processes of ``B / world`` images step exactly as one process of ``B`` images would (the
+    paper's ``N`` is the batch's number of positives), however unevenly the positives fall on the processes.
+    """
+    import torch.distributed as dist
+
+    local = num_pos.detach().clamp(min=1).to(torch.float32)
+    total = num_pos.detach().to(torch.float32).clone()
+    dist.all_reduce(total)
+    return world * local / total.clamp(min=1)
+
+
 class Hook:
     """Something done around the training steps; override what is needed."""
 
@@ -58,6 +73,8 @@ class Trainer:
         skipped_images: images of this process's batches left out because they could not be read.
         wait_seconds: time spent waiting for batches in this session.
         start_time: ``time.perf_counter()`` when :meth:`train` started.
+        extra_state: name -> function returning more state that hooks keep in ``last.pt`` (e.g. the EMA weights;
+            given back on resume as ``run.resume_state[name]``).
     """
 
     def __init__(self, run: TrainingRun, hooks: list[Hook] | tuple[Hook, ...] = ()) -> None:
@@ -71,6 +88,7 @@ class Trainer:
         self.skipped_images = 0
         self.wait_seconds = 0.0
         self.start_time = time.perf_counter()
+        self.extra_state: dict[str, Any] = {}
         self._batches = None
 
     @property
@@ -113,7 +131,10 @@ class Trainer:
                 f"conf={float(losses['conf'].detach())}); images of the batch: {ids}. "
                 "Check these annotations (`multibox scan`) or lower train.lr"
             )
-        run.scaler.scale(losses["total"] / tc.grad_accum).backward()
+        total = losses["total"]
+        if run.world > 1:
+            total = total * _global_positive_scale(losses["num_pos"], run.world)
+        run.scaler.scale(total / tc.grad_accum).backward()
         names = (("loss", "total"), ("loc", "loc"), ("conf", "conf"))
         values = {key: float(losses[name].detach()) for key, name in names}
         return values, images.shape[0], wait
@@ -157,6 +178,7 @@ class Trainer:
             step=self.step,
             rng=capture_rng_state(),
             elapsed_s=self.elapsed,
+            **{name: fn() for name, fn in self.extra_state.items()},
         )
 
     def train(self) -> None:

@@ -1,0 +1,475 @@
+"""Training on one's own data in one command: detect a dataset's format and compose a :class:`~multibox.config.Config`.
+
+``multibox train --data PATH`` lands here. :func:`detect_format` says what ``PATH`` is (a VOC folder, a COCO JSON and
+its image folder, a YOLO dataset, or a dataset YAML of ours, :mod:`multibox.data.sources`) and which splits it has;
+:func:`plan_run` starts from the fine-tuning preset (:data:`DEFAULT_PRESET`), takes the classes and splits from the
+data, makes a seeded held-out validation split when the data has none (``split.json`` in the run folder, reusable),
+picks bf16/channels_last/AMP by hardware, evaluates about once per epoch and gives the run a fresh folder
+``<out>/<name>-<N>``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multibox.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
+from multibox.data.checks import DatasetError
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_PRESET",
+    "DataSource",
+    "RunPlan",
+    "auto_amp",
+    "detect_format",
+    "next_run_dir",
+    "open_dataset",
+    "parse_duration",
+    "plan_run",
+]
+
+#: The recipe a run on one's own data starts from.
+DEFAULT_PRESET = "ssdlite320_efficientnet_lite0_finetune"
+#: Passes over the data when neither ``--epochs`` nor ``--time`` is given.
+DEFAULT_EPOCHS = 30
+#: The share of the training images held out for validation when the data names no validation split.
+VAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What :func:`detect_format` found.
+
+    Attributes:
+        format: ``voc``, ``coco``, ``yolo`` or ``sources``.
+        name: a short name for run folders (the dataset folder's name).
+        data: the ``data`` section entries that read it (``kind``, ``root``, splits, COCO files).
+        has_val: whether the data names a validation split (else one is held out of train).
+        has_test: whether it names a test split.
+        description: one line for people.
+    """
+
+    format: str
+    name: str
+    data: dict[str, Any]
+    has_val: bool
+    has_test: bool
+    description: str
+
+
+def _voc(root: Path) -> DataSource:
+    main = root / "ImageSets" / "Main"
+    splits = {p.stem for p in main.glob("*.txt")} if main.is_dir() else set()
+    data: dict[str, Any] = {"kind": "voc", "root": str(root)}
+    if "train" in splits and "val" in splits:
+        data.update(train_split="train", val_split="val")
+    elif "trainval" in splits:
+        data.update(train_split="trainval")
+    elif "train" in splits:
+        data.update(train_split="train")
+    else:
+        data.update(train_split=None)  # every annotation file
+    if "test" in splits:
+        data["test_split"] = "test"
+    has_val = "val_split" in data
+    named = ", ".join(f"{k.split('_')[0]}={data[k] or 'all'}" for k in ("train_split", "val_split", "test_split")
+                      if k in data)  # fmt: skip
+    return DataSource("voc", root.name, data, has_val, "test_split" in data, f"Pascal VOC folder {root} ({named})")
+
+
+def _coco_images(json_path: Path) -> Path:
+    """The image folder of a COCO JSON: a sibling named like it (``train2017`` for ``instances_train2017.json``),
+    ``images/``, ``images/<stem>``, or the JSON's own folder when it holds images."""
+    from multibox.data.voc import IMAGE_EXTENSIONS
+
+    stem = json_path.stem.removeprefix("instances_")
+    base = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
+    for folder in (base / stem, base / "images" / stem, base / "images", json_path.parent / stem, json_path.parent):
+        if folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
+            return folder
+    raise DatasetError(
+        f"{json_path}: cannot find its image folder (tried {base / stem}, {base / 'images'}, {json_path.parent}); "
+        "name it in a dataset YAML: train: {coco: FILE.json, images: FOLDER}"
+    )
+
+
+def _coco(json_path: Path) -> DataSource:
+    data: dict[str, Any] = {"kind": "coco", "train_annotations": str(json_path),
+                            "train_images": str(_coco_images(json_path))}  # fmt: skip
+    has: dict[str, bool] = {}
+    for part, words in (("val", ("val", "valid")), ("test", ("test",))):
+        has[part] = False
+        for word in words:
+            other = json_path.with_name(json_path.name.replace("train", word))
+            if "train" in json_path.name and other.is_file():
+                data[f"{part}_annotations"], data[f"{part}_images"] = str(other), str(_coco_images(other))
+                has[part] = True
+                break
+    name = json_path.parent.parent.name if json_path.parent.name == "annotations" else json_path.parent.name
+    return DataSource("coco", name or json_path.stem, data, has["val"], has["test"],
+                      f"COCO JSON {json_path} (images {data['train_images']})")  # fmt: skip
+
+
+def _yolo(path: Path) -> DataSource:
+    from multibox.data.yolo import read_yolo_dataset
+
+    info = read_yolo_dataset(path)
+    splits = set(info.splits)
+    data: dict[str, Any] = {"kind": "yolo", "root": str(path), "train_split": "train", "val_split": "val"}
+    if "test" in splits:
+        data["test_split"] = "test"
+    name = (path if path.is_dir() else path.parent).name
+    desc = f"YOLO dataset {info.source} ({len(info.classes)} classes; splits {', '.join(sorted(splits))})"
+    return DataSource("yolo", name, data, "val" in splits, "test" in splits, desc)
+
+
+def _sources(path: Path) -> DataSource:
+    from multibox.data.sources import read_sources
+
+    _, splits = read_sources(path)
+    data = {"kind": "sources", "root": str(path), "train_split": "train", "val_split": "val"}
+    if "test" in splits:
+        data["test_split"] = "test"
+    counts = ", ".join(f"{s}: {len(v)} source(s)" for s, v in splits.items())
+    return DataSource("sources", path.stem, data, "val" in splits, "test" in splits, f"dataset YAML {path} ({counts})")
+
+
+def detect_format(path: str | Path) -> DataSource:
+    """What the dataset at ``path`` is and which splits it names.
+
+    Recognised: a folder with ``Annotations/`` + ``JPEGImages/`` (VOC); a ``.json`` file (COCO; its image folder is
+    looked for beside it); a YOLO ``data.yaml`` or a folder with one or with ``images/`` + ``labels/``; a dataset
+    YAML of ours (:mod:`multibox.data.sources`).
+
+    Raises:
+        DatasetError: nothing there, or a layout that is none of these (the message says what was looked for).
+    """
+    from multibox.data.sources import is_sources_yaml
+
+    p = Path(path)
+    if p.is_dir():
+        if (p / "Annotations").is_dir() and (p / "JPEGImages").is_dir():
+            return _voc(p)
+        if any((p / n).is_file() for n in ("data.yaml", "dataset.yaml", "data.yml")) or (p / "labels").is_dir():
+            return _yolo(p)
+        jsons = sorted(p.glob("*.json")) + sorted((p / "annotations").glob("*train*.json"))
+        if len(jsons) == 1 or (jsons and "train" in jsons[-1].name):
+            return _coco(jsons[-1])
+        raise DatasetError(
+            f"{p}: not a dataset folder I know: expected Annotations/ + JPEGImages/ (VOC), data.yaml or images/ + "
+            "labels/ (YOLO), or a COCO JSON (pass the .json file)"
+        )
+    if not p.is_file():
+        raise DatasetError(f"{p}: no such file or folder")
+    if p.suffix.lower() == ".json":
+        return _coco(p)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        return _sources(p) if is_sources_yaml(p) else _yolo(p)
+    raise DatasetError(f"{p}: expected a dataset folder, a COCO .json or a dataset .yaml")
+
+
+def open_dataset(path: str | Path, split: str = "train") -> Any:
+    """The reader of ``split`` (``train``, ``val``, ``test``) of the dataset at ``path``, whatever its format (the
+    whole training split when ``val`` is to be held out)."""
+    from multibox.config import DataConfig
+    from multibox.engine.builders import build_dataset
+
+    return build_dataset(DataConfig(**detect_format(path).data), split)
+
+
+def parse_duration(text: str) -> float:
+    """Minutes from ``"90s"``, ``"10m"``, ``"1.5h"`` or a plain number of minutes.
+
+    Raises:
+        ValueError: not such a duration, or not positive.
+    """
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:])
+    try:
+        value = float(t[:-1] if scale is not None else t) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"--time {text!r}: expected a duration like 90s, 10m or 1.5h") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"--time {text!r}: must be a positive duration")
+    return value
+
+
+def next_run_dir(out: str | Path, name: str) -> Path:
+    """The first ``<out>/<name>-<N>`` (N = 1, 2, ...) that does not exist yet: a run never overwrites another."""
+    out = Path(out)
+    n = 1
+    while (out / f"{name}-{n}").exists():
+        n += 1
+    return out / f"{name}-{n}"
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AMX or AVX512-BF16), where bf16 autocast pays off."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def auto_amp(device: torch.device) -> str:
+    """The mixed precision a device does well: CUDA bf16 (else fp16), bf16 on CPUs with AMX/AVX512-BF16, else none."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "none"
+
+
+@dataclass
+class RunPlan:
+    """A composed run on one's own data.
+
+    Attributes:
+        config: the run's config (``train.out_dir`` is ``run_dir``).
+        source: what the data is.
+        run_dir: the run's fresh folder.
+        classes: the class names read from the data.
+        train_images / val_images: how many images each split has.
+        split_file: the ``split.json`` of a held-out validation split, or None when the data names one.
+        notes: lines for people (format, classes, splits, hardware).
+    """
+
+    config: Config
+    source: DataSource
+    run_dir: Path
+    classes: tuple[str, ...]
+    train_images: int
+    val_images: int
+    split_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _holdout(config: Config, train_set: Any, run_dir: Path, reuse: str | Path | None) -> tuple[Path, int, int]:
+    """Write (or copy ``reuse``) the run's ``split.json``; returns it and the train/val image counts."""
+    from multibox.data.combine import image_keys
+    from multibox.data.holdout import apply_split, make_split, read_split_file, write_split_file
+
+    path = run_dir / "split.json"
+    if reuse is not None:
+        split = read_split_file(reuse)
+        apply_split(train_set, split, "train", source=str(reuse))  # every key must be in the data
+        apply_split(train_set, split, "val", source=str(reuse))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(reuse, path)
+    else:
+        split = make_split(image_keys(train_set), VAL_FRACTION, seed=config.train.seed)
+        write_split_file(path, split)
+    return path, len(split["train"]), len(split["val"])
+
+
+def plan_run(
+    data: str | Path,
+    *,
+    model: str | None = None,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    image_size: int | None = None,
+    device: str = "auto",
+    out: str | Path = "runs",
+    split_file: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
+    preset: str = DEFAULT_PRESET,
+) -> RunPlan:
+    """Compose a training run on the dataset at ``data`` (see the module docstring).
+
+    Args:
+        data: the dataset (see :func:`detect_format`).
+        model: a registered model (default the preset's); another model than the preset's drops its ``freeze`` list.
+        epochs: passes over the training images.
+        minutes: a wall-clock budget; the schedule is fitted to it and the run ends with a final evaluation. Neither
+            given: the preset's budget (``train.max_minutes``), else :data:`DEFAULT_EPOCHS` epochs.
+        image_size: the square input side (default the preset's).
+        device: ``auto``, ``cpu``, ``cuda``...
+        out: the folder runs go to, each in a fresh ``<name>-<N>``.
+        split_file: a ``split.json`` of an earlier run to reuse (data without a validation split).
+        overrides: ``section.key=value`` settings applied last (full control).
+        preset: the recipe to start from.
+
+    Raises:
+        DatasetError: the data cannot be recognised or read (the message names the file).
+        ConfigError: an override is malformed or out of range.
+    """
+    from multibox.engine.builders import build_dataset
+
+    source = detect_format(data)
+    tree, dev = _recipe(source, preset, model, image_size, device, epochs, minutes)
+    run_dir = next_run_dir(out, source.name)
+    tree["train"]["out_dir"] = str(run_dir)
+    apply_overrides(tree, overrides)
+    config = config_from_dict(tree)
+
+    train_set = build_dataset(config.data, "train")
+    classes = tuple(train_set.classes)
+    split_path = None
+    if source.has_val:
+        n_train, n_val = len(train_set), len(build_dataset(config.data, "val", classes=classes))
+    else:
+        split_path, n_train, n_val = _holdout(config, train_set, run_dir, split_file)
+        tree["data"]["split_file"] = str(split_path.resolve())
+    batch = min(config.train.batch_size, n_train)
+    tree["train"]["batch_size"] = batch
+    if not any(o.startswith("train.eval_every=") for o in overrides):
+        tree["train"]["eval_every"] = max(1, n_train // batch)  # about once per epoch
+    config = config_from_dict(tree)
+    hold = f"held out {n_val} of the training images (seed {config.train.seed}, {split_path})" if split_path else ""
+    tc = config.train
+    notes = [
+        f"data: {source.description}",
+        f"classes ({len(classes)}): {', '.join(classes)}",
+        f"images: train {n_train}, val {n_val}{' (' + hold + ')' if hold else ''}"
+        + (", test split present" if source.has_test else ", no test split"),
+        f"model: {config.model.name} at {config.model.image_size}, device {dev}, amp {tc.amp}, "
+        f"channels_last {tc.channels_last}, batch {batch}, evaluating every {tc.eval_every} steps",
+        "budget: " + (f"{tc.max_minutes:g} min" if tc.max_minutes else f"{tc.epochs} epochs"),
+        f"run folder: {run_dir}",
+    ]
+    return RunPlan(config, source, run_dir, classes, n_train, n_val, split_path, notes)
+
+
+_PATH_KEYS = ("root", "train_images", "val_images", "test_images", "train_annotations", "val_annotations",
+              "test_annotations")  # fmt: skip
+
+
+def _recipe(
+    source: DataSource,
+    preset: str,
+    model: str | None,
+    image_size: int | None,
+    device: str,
+    epochs: int | None,
+    minutes: float | None,
+) -> tuple[dict[str, Any], torch.device]:
+    """The preset's config tree with the data, the model, the hardware's precision and the budget filled in."""
+    from multibox.runtime import resolve_device
+
+    if epochs is not None and minutes is not None:
+        raise ValueError("give a number of epochs or a time budget, not both")
+    tree = config_to_dict(load_config(preset))
+    if model is not None and model != tree["model"]["name"]:
+        tree["model"]["name"], tree["train"]["freeze"] = model, []
+    if image_size is not None:
+        tree["model"]["image_size"] = image_size
+    tree["model"]["num_classes"] = None
+    # absolute paths: the run's config (in every checkpoint) reads the same data from any working folder
+    data = {k: str(Path(v).resolve()) if k in _PATH_KEYS and v else v for k, v in source.data.items()}
+    tree["data"].update({"root": None, "val_split": "val", "test_split": None, "split_file": None, **data})
+    dev = resolve_device(device)
+    tree["train"].update(device=device, amp=auto_amp(dev))
+    if dev.type == "cuda":
+        tree["train"]["channels_last"] = True
+    if epochs is not None:
+        tree["train"].update(epochs=epochs, max_minutes=None)
+    elif minutes is not None:
+        tree["train"].update(epochs=None, max_minutes=minutes)
+    elif tree["train"]["max_minutes"] is None:  # the preset's own budget, else a number of epochs
+        tree["train"]["epochs"] = DEFAULT_EPOCHS
+    return tree, dev
+
+
+@dataclass
+class OwnDataResult:
+    """What :func:`train_own_data` leaves behind.
+
+    Attributes:
+        plan: the composed run.
+        train: the :class:`~multibox.engine.train.TrainResult`.
+        weights: the checkpoint evaluated on the test split (``best.pt``, else ``last.pt``).
+        test_metrics: its test-split metrics, or None when the data has no test split.
+        report: the report folder's ``report.html``, or None.
+    """
+
+    plan: RunPlan
+    train: Any
+    weights: Path | None
+    test_metrics: dict[str, Any] | None = None
+    report: Path | None = None
+
+    def summary(self) -> list[str]:
+        """The end-of-run lines: best validation mAP and its step, the test mAP, where the files are."""
+        r, d, ec = self.train, self.plan.run_dir, self.plan.config.eval
+        what = {"voc07": "VOC07 11-point", "voc": "VOC area", "coco": "COCO"}[ec.metric]
+        what += f", IoU {ec.iou_threshold:g}" if ec.metric != "coco" else ", IoU 0.5:0.95"
+        lines = [f"trained {r.step} steps" + (f" (stopped early: {r.stop_reason})" if r.stop_reason else "")]
+        if r.best is not None:
+            lines.append(f"best validation mAP {r.best[1]:.4f} ({what}) at step {r.best[0]} -> {d / 'best.pt'}")
+        if self.test_metrics is not None:
+            key = "AP" if "AP" in self.test_metrics else "mAP"
+            lines.append(f"test {key} {self.test_metrics[key]:.4f} on {self.test_metrics['images']} images "
+                         f"({self.weights.name}) -> {d / 'test_metrics.json'}")  # fmt: skip
+        lines.append(f"files: {d} (last.pt, best.pt, metrics.jsonl, results.csv, config.json"
+                     + (", split.json" if self.plan.split_file else "")
+                     + (f", {self.report.relative_to(d)}" if self.report else "") + ")")  # fmt: skip
+        return lines
+
+
+def evaluate_checkpoint(weights: Path, config: Config, split: str, out_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``split`` of ``config``'s data with its ``eval`` settings (float32); with ``out_dir``,
+    writes ``<split>_metrics.json`` there."""
+    import json
+    import math
+
+    from multibox.engine.builders import build_dataset
+    from multibox.engine.evaluate import evaluate
+    from multibox.runtime import resolve_device
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
+
+    ckpt = load_checkpoint(weights)
+    model = model_from_checkpoint(ckpt, weights)
+    dataset = build_dataset(config.data, split, classes=tuple(ckpt["classes"]))
+    ec = config.eval
+    out = evaluate(model, dataset, metric=ec.metric, iou_threshold=ec.iou_threshold, class_names=list(ckpt["classes"]),
+                   batch_size=ec.batch_size, device=resolve_device(config.train.device), score_thresh=ec.score_thresh,
+                   nms_thresh=ec.nms_thresh, pre_nms_top_k=ec.pre_nms_top_k, top_k=ec.top_k)  # fmt: skip
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+    metrics["weights"] = str(weights)
+    if out_dir is not None:
+        (out_dir / f"{split}_metrics.json").write_text(json.dumps({"metric": ec.metric, **metrics}, indent=2))
+    return {**out, "weights": str(weights)}
+
+
+def train_own_data(plan: RunPlan, *, progress: bool = True, log: Any = print) -> OwnDataResult:
+    """Train ``plan``'s run, then evaluate its best checkpoint on the test split (when there is one) and write the
+    report folder (:func:`multibox.engine.report.build_report`, on the validation split).
+
+    Args:
+        plan: from :func:`plan_run`.
+        progress: show the progress bar.
+        log: receives the human-readable lines (None: silent).
+    """
+    import yaml
+
+    from multibox.engine.builders import has_test_split
+    from multibox.engine.train import train
+
+    say = log or (lambda _line: None)
+    for line in plan.notes:
+        say(line)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(plan.config), sort_keys=False))
+    result = train(plan.config, progress=progress, log=log)
+    best, last = plan.run_dir / "best.pt", plan.run_dir / "last.pt"
+    weights = best if best.is_file() else last if last.is_file() else None
+    out = OwnDataResult(plan, result, weights)
+    if weights is not None and has_test_split(plan.config.data):
+        out.test_metrics = evaluate_checkpoint(weights, plan.config, "test", plan.run_dir)
+    if weights is not None:
+        from multibox.engine.report import build_report
+
+        out.report = build_report(plan.run_dir, weights=weights, device=plan.config.train.device)
+    return out
