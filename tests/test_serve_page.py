@@ -78,9 +78,9 @@ def test_page_draws_the_boxes_with_labels_and_the_slider_filters(server, browser
     assert all(label.startswith(("circle ", "square ")) for label in drawn)
     size = browser.execute_script("const c = document.querySelector('#results canvas'); return [c.width, c.height];")
     assert size == [240, 180]  # the image at its own size (under the page's 640-pixel cap)
-    # the last box drawn (nothing drawn over it): its left edge's column is covered by the 2-pixel outline (or by its
-    # label's background, the same colour), the colour of class 2 ("square", #3cb44b)
-    last = [d for d in api["detections"] if d["score"] >= 0.30][-1]
+    # the best box is drawn last (nothing over it): its left edge's column is covered by the 2-pixel outline (or by
+    # its label's background, the same colour), in its class's colour
+    last = api["detections"][0]
     x, y = int(last["box"][0]), int((last["box"][1] + last["box"][3]) / 2)
     pixel = browser.execute_script(
         "const c = document.querySelector('#results canvas'); "

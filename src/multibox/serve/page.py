@@ -69,12 +69,12 @@ function draw(item) {
   ctx.drawImage(item.image, 0, 0, c.width, c.height);
   ctx.font = "bold 13px sans-serif";
   ctx.lineWidth = 2;
-  const labels = [];
-  for (const d of item.result.detections) {
-    if (d.score < threshold) continue;
+  const kept = item.result.detections.filter(d => d.score >= threshold);
+  const labels = kept.map(d => d.class + " " + d.score.toFixed(2));
+  for (let k = kept.length - 1; k >= 0; k--) {  // the best-scored drawn last, on top
+    const d = kept[k], text = labels[k];
     const [x1, y1, x2, y2] = d.box.map(v => v * scale);
     const color = COLORS[(d.label - 1 + COLORS.length) % COLORS.length];
-    const text = d.class + " " + d.score.toFixed(2);
     ctx.strokeStyle = color;
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     const tw = ctx.measureText(text).width + 6, ty = Math.max(y1 - 17, 0);
@@ -82,7 +82,6 @@ function draw(item) {
     ctx.fillRect(x1, ty, tw, 17);
     ctx.fillStyle = "#fff";
     ctx.fillText(text, x1 + 3, ty + 13);
-    labels.push(text);
   }
   c.dataset.labels = JSON.stringify(labels);
   item.caption.textContent = item.name + ": " + labels.length + " of " + item.result.detections.length +
