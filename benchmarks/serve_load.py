@@ -168,9 +168,8 @@ def main() -> int:
         print(f"{weights.name}: {args.clients} clients x {args.seconds:g} s, {width}x{height} JPEG "
               f"({len(image)} bytes), CPU affinity {cpus}, max wait {args.max_wait_ms} ms")  # fmt: skip
         rows = [run_setting(args, weights, image, b) for b in (1, args.max_batch)]
-    print(
-        f"{'max batch':>9} {'runtime':<18} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  batches"
-    )
+    head = ("max batch", "runtime", "requests", "req/s", "p50 ms", "p99 ms", "errors")
+    print("{:>9} {:<18} {:>8} {:>8} {:>8} {:>8} {:>6}  batches".format(*head))
     for r in rows:
         batches = " ".join(f"{k}:{v}" for k, v in r["batches"].items())
         print(f"{r['max_batch']:>9} {r['runtime']:<18} {r['requests']:>8} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
