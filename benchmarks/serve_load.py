@@ -33,15 +33,14 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def make_checkpoint(model_name: str, folder: Path) -> Path:
-    """An untrained, seeded checkpoint of a registered model (21 classes)."""
+    """A seeded checkpoint of a registered model (21 classes) whose detection head is untrained."""
     import torch
 
     from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
     from multibox.models import create_model
 
     torch.manual_seed(0)
-    kwargs = {"pretrained": False} if "efficientnet" in model_name or "mobilenet" in model_name else {}
-    model = create_model(model_name, 21, **kwargs).eval()
+    model = create_model(model_name, 21).eval()  # the builder's defaults: an SSDLite gets its ImageNet backbone
     return save_checkpoint(folder / f"{model_name}.pt", model_checkpoint(model, [f"c{i}" for i in range(1, 21)]))
 
 

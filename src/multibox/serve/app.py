@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from multibox.serve.backend import Backend
@@ -199,6 +200,8 @@ def create_app(
             det = await batcher.submit(job)
         except UploadError as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
+        except ClientDisconnect:  # the client went away while sending: nobody to answer
+            return Response(status_code=400)
         except Overloaded as e:
             return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": str(e.retry_after)})
         except Exception as e:  # a failure of the model: the request fails, the server goes on
