@@ -55,3 +55,20 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
 
 def test_exponent_floats_are_numbers():
     assert load_config("ssd_tiny_shapes", ["train.lr=1e-3"]).train.lr == 0.001
+
+
+def test_finetune_preset_freezes_the_backbones_early_stages_only():
+    from multibox.engine.run import freeze_modules
+    from multibox.models import create_model
+
+    cfg = load_config("ssdlite320_efficientnet_lite0_finetune")
+    model = create_model(cfg.model.name, num_classes=3, pretrained=False)
+    total = sum(1 for _ in model.parameters())
+    frozen = freeze_modules(model, cfg.train.freeze)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert 0 < frozen < total and trainable >= {"backbone", "head"}
+    frozen_names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    early = ("backbone.features.stem.", *(f"backbone.features.stages.{i}." for i in range(3)))
+    assert frozen_names and all(n.startswith(early) for n in frozen_names)
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith(early))
+    assert (cfg.train.max_minutes, cfg.model.priors, cfg.train.optimizer) == (10, "auto", "adamw")
