@@ -2,7 +2,7 @@
 
     python benchmarks/bench_core.py [--threads 2] [--repeat 15]
 
-Not a test: numbers depend on the machine; record them in the issue note with the command line.
+Not a test: numbers depend on the machine; record them in benchmarks/README.md with the command line.
 """
 
 from __future__ import annotations

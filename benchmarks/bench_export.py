@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from multibox import create_model, export_onnx, postprocess
 from multibox.export import random_sample
-from multibox.models.tiny import IMAGENET_STD
+from multibox.preprocess import IMAGENET_STD
 
 
 def paired_medians(fn_a: Callable[[], object], fn_b: Callable[[], object], repeat: int) -> tuple[float, float]:

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import shapes_inputs
-from multibox.engine.inference import load_detector
 from multibox.models.fuse import fold_batch_norms
+from multibox.runtime import load_detector
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Agreement of int8 variants with fp32 on a trained checkpoint (nothing asserted; figures for the issue note).
+"""Agreement of int8 variants with fp32 on a trained checkpoint (nothing asserted; figures for benchmarks/README.md).
 
     python benchmarks/int8_variants.py WEIGHTS [--images 64] [--variants default torch stem-float,calib128 ...]
 
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_ms, shapes_inputs
 from multibox import postprocess
 from multibox.engine.bench import path_agreement
-from multibox.engine.inference import load_detector
 from multibox.models.quantize import quantize_int8
+from multibox.runtime import load_detector
 
 ENGINES = ("x86", "fbgemm", "onednn")
 

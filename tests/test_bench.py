@@ -58,7 +58,7 @@ def test_matmul_peak_is_positive():
 
 def test_bench_onnxruntime_path():
     pytest.importorskip("onnxruntime")
-    from multibox.engine.bench import available_paths
+    from multibox.runtime import available_paths
 
     assert available_paths(torch.device("cpu"), onnx=True)[-1] == "onnxruntime"
     model = create_model("ssd_tiny", 4, image_size=64, width=4)

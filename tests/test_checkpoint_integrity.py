@@ -19,17 +19,10 @@ import torch
 from PIL import Image
 
 from multibox.cli import main
-from multibox.engine.builders import model_from_checkpoint
-from multibox.engine.checkpoint import (
-    ORPHAN_AGE_S,
-    CheckpointError,
-    load_checkpoint,
-    model_checkpoint,
-    save_checkpoint,
-    state_dict_sha256,
-)
 from multibox.files import OutputWriteError
 from multibox.models import create_model
+from multibox.weights.checkpoint import model_checkpoint, model_from_checkpoint
+from multibox.weights.io import ORPHAN_AGE_S, CheckpointError, load_checkpoint, save_checkpoint, state_dict_sha256
 from test_engine import tiny_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -107,6 +100,24 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, bad):
     assert str(e.value).startswith(f"{path}: weight head.conf.2.bias has 2 NaN/infinite value(s) of {n}")
 
 
+def test_all_nan_weights_are_refused_at_the_command_line(tmp_path, capsys):
+    """The issue's case: every weight NaN (a diverged run's last save); refused naming the first tensor, exit 3."""
+    model = _tiny()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    path = _saved(tmp_path, model)
+    first, tensor = next((k, v) for k, v in model.state_dict().items() if v.is_floating_point())
+    message = f"{path}: weight {first} has {tensor.numel()} NaN/infinite value(s) of {tensor.numel()}: the model "
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(message) and "use an earlier checkpoint" in str(e.value)
+    Image.new("RGB", (20, 20)).save(tmp_path / "p.jpg")
+    assert main(["detect", str(tmp_path / "p.jpg"), "--weights", str(path), "--out", str(tmp_path / "o")]) == 3
+    assert capsys.readouterr().err == f"multibox detect: error: {e.value}\n"
+    assert not (tmp_path / "o" / "detections.json").exists()
+
+
 def test_another_class_count_names_the_key_and_both_shapes(tmp_path, capsys):
     five, three = _tiny(5), _tiny(3)
     ckpt = model_checkpoint(five, ["a", "b", "c", "d"])
@@ -134,6 +145,23 @@ def test_another_class_count_names_the_key_and_both_shapes(tmp_path, capsys):
     assert main(args) == 3
     line = capsys.readouterr().err
     assert line.startswith(f"multibox train: error: {path}: weights do not fit the model: head.conf.0.weight is ")
+
+
+def test_resuming_from_weights_without_a_training_state_says_what_to_do(tmp_path, capsys):
+    """--resume of a best.pt or converted weights (no optimizer, scheduler, step): it was a KeyError, exit 70."""
+    model = _tiny(4)
+    path = save_checkpoint(tmp_path / "best.pt", model_checkpoint(model, ["circle", "square", "triangle"]))
+    args = ["train", "ssd_tiny_shapes", "--no-progress"]
+    for kv in tiny_overrides(tmp_path / "run", **{"train.amp": "none", "train.channels_last": False}):
+        args += ["--set", kv]
+    assert main([*args, "--resume", str(path)]) == 3
+    assert capsys.readouterr().err == (
+        f"multibox train: error: {path}: cannot resume from it: it holds model weights without a training state (no "
+        f"optimizer, scheduler, step, rng); resume from a run's last.pt, or start from these weights with --set "
+        f"train.init_weights={path}\n"
+    )
+    assert main([*args, "--set", f"train.init_weights={path}"]) == 0  # the advice works
+    assert main([*args, "--resume", str(tmp_path / "run" / "last.pt"), "--set", "train.max_iters=3"]) == 0
 
 
 def test_a_checkpoint_from_before_the_checksum_still_loads(tmp_path):
@@ -210,7 +238,7 @@ def test_truncated_and_non_dict_checkpoints(tmp_path):
     ],
 )
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, code, reason):
-    import multibox.engine.checkpoint as C
+    import multibox.weights.io as C
 
     path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
     before = path.read_bytes()
@@ -225,6 +253,56 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, cod
     assert isinstance(e.value, OSError) and e.value.errno == code
     assert str(e.value) == f"cannot write checkpoint {path}: {reason}; the previous last.pt is intact"
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_named_pipe_given_as_checkpoint_is_refused_not_waited_on(tmp_path, capsys):
+    import contextlib
+    import threading
+
+    fifo = tmp_path / "w.pt"
+    os.mkfifo(fifo)
+
+    def release() -> None:  # should a read block on it (the bug), end it so that the test fails instead of hanging
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(10.0, release)
+    timer.start()
+    try:
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(fifo)
+        assert str(e.value) == f"{fifo}: cannot be read as a checkpoint: not a regular file: a named pipe (FIFO)"
+        assert main(["eval", "--weights", str(fifo)]) == 3
+        assert capsys.readouterr().err == f"multibox eval: error: {e.value}\n"
+    finally:
+        timer.cancel()
+    with pytest.raises(CheckpointError, match="not a regular file: a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_failed_safetensors_write_names_the_file(tmp_path, monkeypatch, capsys):
+    import safetensors
+    import safetensors.torch
+
+    ckpt = _saved(tmp_path)
+    (tmp_path / "file").write_bytes(b"")
+    out = tmp_path / "file" / "w.safetensors"
+    assert main(["convert", str(ckpt), "--to-safetensors", "--out", str(out)]) == 5
+    assert capsys.readouterr().err == (
+        f"multibox convert: error: cannot write safetensors file {out}: {tmp_path / 'file'} is a file, not a folder\n"
+    )
+
+    def failing(tensors, filename, metadata=None):  # what safetensors raises for a failed write: not an OSError
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    out = tmp_path / "w.safetensors"
+    assert main(["convert", str(ckpt), "--to-safetensors", "--out", str(out)]) == 5
+    assert capsys.readouterr().err == (
+        f"multibox convert: error: cannot write safetensors file {out}: Error while serializing: I/O error: No space "
+        "left on device (os error 28)\n"
+    )
 
 
 def _dead_pid() -> int:
@@ -257,7 +335,7 @@ def test_orphan_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_p
 KILLED_WRITER = """
 import sys, time
 import torch
-import multibox.engine.checkpoint as C
+import multibox.weights.io as C
 C.save_checkpoint(sys.argv[1], {"step": 1})
 def slow(obj, f):
     f.write(b"x" * 100_000); f.flush()

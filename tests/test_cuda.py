@@ -77,8 +77,8 @@ def test_matching_and_loss_on_cuda_equal_cpu():
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_two_step_amp_training_on_cuda(tmp_path, amp):
     from multibox.config import load_config
-    from multibox.engine.checkpoint import load_checkpoint
     from multibox.engine.train import train
+    from multibox.weights.io import load_checkpoint
 
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -94,7 +94,8 @@ def test_two_step_amp_training_on_cuda(tmp_path, amp):
 
 def test_bench_gpu_paths():
     from multibox.data import ShapesDataset
-    from multibox.engine.bench import available_paths, bench_model
+    from multibox.engine.bench import bench_model
+    from multibox.runtime import available_paths
 
     paths = available_paths(CUDA)
     assert "fp16" in paths

@@ -20,8 +20,6 @@ from torch import nn
 
 from multibox.models import SSD, create_model, create_model_from_config
 from multibox.models.efficientnet_lite import (
-    LITE_MEAN,
-    LITE_STD,
     ConvBNAct,
     EfficientNetLite,
     EfficientNetLiteBackbone,
@@ -33,6 +31,7 @@ from multibox.models.efficientnet_lite import (
     load_imagenet_efficientnet_lite,
     same_padding,
 )
+from multibox.preprocess import LITE_MEAN, LITE_STD
 
 VARIANTS = ["lite0", "lite1", "lite2"]
 DETECTORS = {"lite0": "ssdlite320_efficientnet_lite0", "lite1": "ssdlite352_efficientnet_lite1",

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from multibox.config import load_config
-from multibox.engine.builders import build_dataset, model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint
+from multibox.engine.builders import build_dataset
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.train import NonFiniteLossError, train
+from multibox.weights.checkpoint import model_from_checkpoint
+from multibox.weights.io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"

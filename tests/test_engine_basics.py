@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from multibox.engine.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    save_safetensors,
-)
+from multibox.engine.rng import capture_rng_state, restore_rng_state
 from multibox.engine.schedule import LRFactor
+from multibox.weights.io import load_checkpoint, save_checkpoint, save_safetensors
 
 
 def test_multistep_with_warmup_by_hand():

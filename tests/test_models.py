@@ -15,9 +15,9 @@ from torch import Tensor, nn
 import multibox
 from multibox.models import SSD, MultiboxHead, Preprocess, create_model, create_model_from_config, list_models
 from multibox.models.ssd import _probe, measure_feature_maps, min_input_size
-from multibox.models.tiny import IMAGENET_MEAN, IMAGENET_STD
-from multibox.models.vgg import SSD_PYTORCH_PREFIXES, VGG16_CFG, VGG_MEAN, VGG_STD, L2Norm, VGG16Base
+from multibox.models.vgg import SSD_PYTORCH_PREFIXES, VGG16_CFG, L2Norm, VGG16Base
 from multibox.models.zoo import _REGISTRY
+from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD, VGG_MEAN, VGG_STD
 from multibox.priors import PriorSpec
 from ssd_pytorch_reference import COCO_CFG, VOC_CFG, ssd_pytorch_priorbox
 
@@ -466,6 +466,10 @@ def test_preprocess_travels_with_the_model() -> None:
     torch.testing.assert_close(out[0, :, 0, 0], (255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD))
     with pytest.raises(ValueError, match="std must be positive"):
         Preprocess((8, 8), (0, 0, 0), (1, 0, 1))
+    with pytest.raises(ValueError, match=r"Preprocess\.mean must be finite numbers, got \(nan, 1\.0, 1\.0\)"):
+        Preprocess((8, 8), (float("nan"), 1, 1), (1, 1, 1))
+    with pytest.raises(ValueError, match=r"Preprocess\.std must be finite numbers, got \(1\.0, inf, 1\.0\)"):
+        Preprocess((8, 8), (0, 0, 0), (1, float("inf"), 1))
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from multibox.models import create_model
-from multibox.models.mobilenet import MobileNetV3Backbone, load_torchvision_mobilenet_v3_large
-from multibox.models.resnet import ResNet50Backbone, load_torchvision_resnet50
+from multibox.models.mobilenet import MobileNetV3Backbone
+from multibox.models.resnet import ResNet50Backbone
+from multibox.weights.imagenet import load_torchvision_mobilenet_v3_large, load_torchvision_resnet50
 
 # MobileNetV3-Large, Table 1 of Howard et al. 2019: (kernel, expansion, out, SE, hard-swish, stride).
 TABLE1 = [(3, 16, 16, 0, 0, 1), (3, 64, 24, 0, 0, 2), (3, 72, 24, 0, 0, 1), (5, 72, 40, 1, 0, 2), (5, 120, 40, 1, 0, 1),

@@ -17,11 +17,11 @@ from multibox import export_onnx
 from multibox.cli import main
 from multibox.data import eval_transform, read_image
 from multibox.engine.bench import path_agreement
-from multibox.engine.checkpoint import save_checkpoint
 from multibox.engine.inference import detect
 from multibox.models import create_model
 from multibox.onnx_runtime import OnnxDetector, compare_detections, detect_onnx, prepare_image, read_image_array
 from multibox.structures import Detections
+from multibox.weights.io import save_checkpoint
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

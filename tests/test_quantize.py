@@ -8,9 +8,10 @@ from torch import nn
 
 from multibox import create_model
 from multibox.data import ShapesDataset
-from multibox.engine.bench import available_paths, bench_model, path_agreement
+from multibox.engine.bench import bench_model, path_agreement
 from multibox.engine.evaluate import predict_dataset, preprocessed_images
 from multibox.models.quantize import cpu_has_vnni, feature_error, int8_qconfig_mapping, quantize_int8
+from multibox.runtime import available_paths, prepare
 
 pytestmark = pytest.mark.skipif(
     torch.backends.quantized.engine not in ("x86", "fbgemm", "onednn", "qnnpack"), reason="no quantized CPU engine"
@@ -105,9 +106,7 @@ def test_bench_int8_path(tiny):
     assert [r.path for r in rows] == ["fp32", "int8"]
     assert rows[1].net_ms > 0 and rows[1].agreement is not None and 0.0 <= rows[1].agreement <= 1.0
     with pytest.raises(ValueError, match="needs calibration"):
-        from multibox.engine.bench import _prepare
-
-        _prepare(tiny, "int8", torch.device("cpu"))
+        prepare(tiny, torch.device("cpu"), "int8")
 
 
 def test_predict_dataset_runs_the_int8_backbone(tiny):

@@ -26,9 +26,10 @@ from PIL import Image
 from multibox.cli import ExitCode, main
 from multibox.cli_errors import describe
 from multibox.config import ConfigError, load_config
-from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
 from multibox.engine.lock import LOCK_NAME, RunLockedError, lock_out_dir
 from multibox.models import create_model
+from multibox.weights.checkpoint import model_checkpoint
+from multibox.weights.io import save_checkpoint
 from test_engine import tiny_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -94,6 +95,7 @@ BAD_SETTINGS = [
     ("data.shapes_min_size=0", "data.shapes_min_size must be in (0, 1], got 0.0"),
     ("data.shapes_max_size=0.05", "data.shapes_min_size (0.12) must not exceed data.shapes_max_size (0.05)"),
     ("train=[]", "section 'train' must be a mapping of key: value, got []"),
+    ("model.kwargs={width: 4, width: 8}", "override 'model.kwargs': key 'width' appears twice in one mapping"),
     ("data=5", "section 'data' must be a mapping of key: value, got 5"),
     ("train.amp=fp8", "train.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),
     # 600 bytes of nested aliases: refused before anything expands them.
@@ -113,6 +115,20 @@ def test_bad_settings_name_the_setting_and_exit_2(override, message, capsys):
     assert line == f"multibox train: error: {e.value}"
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ("{width: 0}", "width must be a positive int, got 0"),
+        ("{mean: [.nan, 1, 1]}", "Preprocess.mean must be finite numbers, got (nan, 1.0, 1.0)"),  # was a NaN loss
+        ("{std: [1, 0, 1]}", "Preprocess.std must be positive, got (1.0, 0.0, 1.0)"),
+    ],
+)
+def test_bad_model_arguments_are_refused_before_training(kwargs, message, tmp_path, capsys):
+    assert main([*_train_args(tmp_path / "run"), "--set", f"model.kwargs={kwargs}"]) == ExitCode.USAGE
+    assert _error_line(capsys, "train") == f"multibox train: error: {message}"
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_bad_config_files(tmp_path):
     bomb = "a0: &a0 [1,1,1,1,1,1,1,1,1]\n" + "".join(
         f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)
@@ -124,6 +140,8 @@ def test_bad_config_files(tmp_path):
         "deep.yaml": (b"model:\n  kwargs: " + b"[" * 60 + b"]" * 60 + b"\n", "nested more than 50 levels deep"),
         "list.yaml": (b"- 1\n", "the top level must be a mapping"),
         "section.yaml": (b"train: []\n", "section 'train' must be a mapping"),
+        "dup.yaml": (b"train:\n  lr: 0.1\n  lr: 0.2\n", "key 'lr' appears twice in one mapping (again at line 3)"),
+        "dup_section.yaml": (b"train: {lr: 0.1}\neval: {}\ntrain: {}\n", "key 'train' appears twice"),
     }
     for name, (content, words) in cases.items():
         (tmp_path / name).write_bytes(content)
@@ -161,6 +179,8 @@ BAD_OPTIONS = [
     (["bench", "ssd_tiny", "--paths", "fp64"], "argument --paths: invalid choice: 'fp64'"),
     (["bench", "ssd_tiny", "--num-classes", "1"], "argument --num-classes: must be >= 2, got 1"),
     (["info", "ssd_tiny", "--num-classes", "0"], "argument --num-classes: must be >= 2, got 0"),
+    (["convert", "w.pth", "--out", "o.pt", "--num-classes", "-1"], "argument --num-classes: must be >= 2, got -1"),
+    (["convert", "w.pth", "--out", "o.pt", "--num-classes", "1.5"], "argument --num-classes: expected an integer"),
     (["anchors", "root", "--clusters", "0"], "argument --clusters: must be >= 1, got 0"),
     (["anchors", "root", "--priors", "voc999"], "argument --priors: invalid choice: 'voc999'"),
     (["detect", "x.jpg", "--weights", "w.pt", "--score", "9" * 5000], "argument --score: must be in [0, 1], got '999"),
@@ -224,15 +244,21 @@ def test_detect_skips_bad_files_and_keeps_outputs_apart(runtime, messy_folder, t
         source = ["--weights", str(tiny_ckpt)]
     gif = Image.new("RGB", (30, 20), (200, 10, 10))
     gif.save(tmp_path / "given.gif")  # given by name: read whatever its suffix
+    crc = _image(tmp_path / "crc.png", 9)
+    data = bytearray(crc.read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: the header and the ending are intact
+    crc.write_bytes(bytes(data))
     out = tmp_path / "out"
     capsys.readouterr()
-    argv = ["detect", str(root), str(tmp_path / "given.gif"), str(tmp_path / "missing.jpg"), *source, "--out", str(out)]
+    given = [str(tmp_path / name) for name in ("given.gif", "missing.jpg", "crc.png")]
+    argv = ["detect", str(root), *given, *source, "--out", str(out)]
     assert main(argv) == ExitCode.SKIPPED == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     warned = [line for line in captured.err.splitlines() if line.startswith("multibox detect: warning: ")]
-    assert len(warned) == len(skipped) + 1 and all(": skipped: " in w for w in warned)
-    assert "5 images processed" in captured.out and "9 skipped" in captured.out
+    assert len(warned) == len(skipped) + 2 and all(": skipped: " in w for w in warned)
+    assert f"{crc}: skipped: cannot decode (corrupt: PNG chunk IDAT at byte 33 has a bad CRC)" in warned[-1]
+    assert "5 images processed" in captured.out and "10 skipped" in captured.out
     records = json.loads((out / "detections.json").read_text())
     outputs = {Path(r["image"]).relative_to(tmp_path).as_posix(): Path(r["output"]) for r in records}
     assert {k: v.relative_to(out).as_posix() for k, v in outputs.items()} == {
@@ -244,7 +270,41 @@ def test_detect_skips_bad_files_and_keeps_outputs_apart(runtime, messy_folder, t
     }
     assert all(p.is_file() for p in outputs.values())
     by_name = {Path(s["image"]).name: s["reason"] for s in json.loads((out / "skipped.json").read_text())}
-    assert by_name == {**skipped, "missing.jpg": "no such file or folder"}
+    assert by_name == {**skipped, "missing.jpg": "no such file or folder", "crc.png": "cannot decode"}
+
+
+def test_detect_on_501_images_with_one_truncated_writes_the_500(tmp_path, tiny_ckpt, capsys):
+    """The issue's case: one truncated JPEG among 501 images, read in batches of 16 (the bad one inside a batch),
+    plus a PNG without its end and one with a bad CRC given by name: every good image gets its output, exit 1."""
+    root = tmp_path / "many"
+    for i in range(501):
+        _image(root / f"{i:03d}.jpg", i, (12, 16))
+    cut = root / "250.jpg"
+    cut.write_bytes(cut.read_bytes()[:-10])  # the end of its scan data
+    pngs = [_image(tmp_path / name, k) for k, name in enumerate(["cut.png", "crc.png"])]
+    pngs[0].write_bytes(pngs[0].read_bytes()[:-12])
+    data = bytearray(pngs[1].read_bytes())
+    data[data.index(b"IEND") - 5] ^= 0xFF
+    pngs[1].write_bytes(bytes(data))
+    out = tmp_path / "out"
+    argv = ["detect", str(root), *map(str, pngs), "--weights", str(tiny_ckpt), "--out", str(out)]
+    assert main([*argv, "--batch-size", "16", "--score", "0.9"]) == ExitCode.SKIPPED
+    printed, err = capsys.readouterr()
+    assert "500 images processed (" in printed and "3 skipped (3 cannot decode)" in printed
+    assert err.splitlines() == [
+        f"multibox detect: warning: {cut}: skipped: cannot decode (truncated: the JPEG has no end-of-image "
+        "marker (EOI))",
+        f"multibox detect: warning: {pngs[0]}: skipped: cannot decode (truncated: the PNG has no IEND chunk (the "
+        "file ends after chunk IDAT))",
+        f"multibox detect: warning: {pngs[1]}: skipped: cannot decode (corrupt: PNG chunk IDAT at byte 33 has a bad "
+        "CRC)",
+    ]
+    records = json.loads((out / "detections.json").read_text())
+    assert sorted(Path(r["image"]).name for r in records) == [f"{i:03d}.jpg" for i in range(501) if i != 250]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".jpg") == [
+        f"{i:03d}_det.jpg" for i in range(501) if i != 250
+    ]
+    assert [s["image"] for s in json.loads((out / "skipped.json").read_text())] == [str(cut), *map(str, pngs)]
 
 
 def test_detect_policy_raise_and_nothing_readable(messy_folder, tiny_ckpt, tmp_path, capsys):
@@ -290,7 +350,7 @@ def test_non_finite_loss_exits_4(tmp_path, capsys):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
-    import multibox.engine.checkpoint as C
+    import multibox.weights.io as C
 
     run = tmp_path / "run"
     save_checkpoint(run / "last.pt", {"step": 7})
@@ -306,6 +366,29 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, 
     assert f"error: cannot write checkpoint {run / 'last.pt'}: disk full (No space left on device)" in line
     assert "the previous last.pt is intact" in line
     assert (run / "last.pt").read_bytes() == before and not list(run.glob(".last.pt*.tmp"))
+
+
+def test_outputs_that_cannot_be_written_name_the_file_and_exit_5(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    (tmp_path / "file").write_bytes(b"")
+    _image(tmp_path / "p.jpg", 0)
+    cases = [
+        (["export", "--weights", str(tiny_ckpt), "--no-check"], tmp_path / "file" / "m.onnx", "ONNX model"),
+        (["detect", str(tmp_path / "p.jpg"), "--weights", str(tiny_ckpt)], tmp_path / "file", "folder"),
+    ]
+    for argv, out, what in cases:
+        assert main([*argv, "--out", str(out)]) == ExitCode.WRITE_FAILED
+        reason = f"{tmp_path / 'file'} is a file, not a folder"
+        assert _error_line(capsys, argv[0]) == f"multibox {argv[0]}: error: cannot write {what} {out}: {reason}"
+    import onnx
+
+    def full(proto, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(tiny_ckpt), "--no-check", "--out", str(out)]) == ExitCode.WRITE_FAILED
+    line = _error_line(capsys, "export")
+    assert line == f"multibox export: error: cannot write ONNX model {out}: disk full (No space left on device)"
 
 
 def test_a_worker_error_arrives_unwrapped(tmp_path, capsys):
@@ -446,13 +529,23 @@ def test_python_m_multibox_prints_messages_not_tracebacks(tmp_path, messy_folder
     assert p.returncode == 2 and p.stderr == "multibox train: error: train.clip_grad_norm must be > 0, got -1.0\n"
 
 
-def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path):
+def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path, capsys):
+    """A real ``multibox train``: a second run on its out_dir meanwhile is refused (exit 7, its files untouched);
+    Ctrl-C then ends the first with exit 130 and one line."""
     args = _train_args(tmp_path / "run", **{"train.max_iters": 100_000, "data.shapes_train": 64})
     proc = subprocess.Popen([sys.executable, "-m", "multibox", *args], stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 60
     while not (tmp_path / "run" / "metrics.jsonl").is_file() or not (tmp_path / "run" / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert main(_train_args(tmp_path / "run")) == ExitCode.LOCKED
+    line = _error_line(capsys, "train")
+    assert line.startswith(
+        f"multibox train: error: {tmp_path / 'run'} is in use by another training run (pid {proc.pid}"
+    )
+    assert set(files) <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert proc.poll() is None  # the first run goes on
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -473,20 +566,47 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
-def test_train_and_eval_skip_an_unreadable_image_and_say_so_in_the_exit_code(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_and_eval_skip_unreadable_images_and_say_so_in_the_exit_code(tmp_path, capfd, workers):
+    """One image whose header is truncated (left out when the set is built) and one whose pixels fail (left out of
+    its batch, in a worker process with ``workers=1``): both warned naming the file, counted, exit 1."""
     from multibox.data import ShapesDataset, write_voc
 
     write_voc(ShapesDataset(8, 64, seed=3), tmp_path / "voc", "train")
-    bad = sorted((tmp_path / "voc" / "JPEGImages").iterdir())[1]
+    cut, bad = sorted((tmp_path / "voc" / "JPEGImages").iterdir())[1:3]
+    cut.write_bytes(cut.read_bytes()[:1000])  # the header check finds it: the PNG has no IEND
     data = bytearray(bad.read_bytes())
     data[data.index(b"IEND") - 5] ^= 0xFF  # the IDAT chunk's CRC: found when the image is decoded
     bad.write_bytes(bytes(data))
     extra = {"data.kind": "voc", "data.root": str(tmp_path / "voc"), "data.train_split": "train"}
-    extra["data.val_split"] = "train"
+    extra.update({"data.val_split": "train", "data.num_workers": workers})
     assert main(_train_args(tmp_path / "run", **extra)) == ExitCode.SKIPPED == 1
-    out, err = capsys.readouterr()
-    assert "training image(s) could not be read and were skipped" in out and bad.name in err
-    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == ExitCode.SKIPPED
-    out, err = capsys.readouterr()
-    assert "1 image(s) could not be read and were left out of the metric" in out and bad.name in err
+    out, err = capfd.readouterr()
     assert "Traceback" not in err
+    assert "1 training image(s) could not be used and were left out (see the warnings)" in out
+    assert re.search(r"training batches left out [1-9]\d* image read\(s\) that failed", out), out
+    warned = [line for line in err.splitlines() if line.startswith("multibox train: warning: ")]
+    assert len(warned) == 2, err
+    assert f"skipped 1 unreadable file(s) in 1 file(s): {cut}: cannot read image header: truncated" in warned[0]
+    assert f"{bad}: cannot decode image: corrupt: PNG chunk IDAT at byte 33 has a bad CRC" in warned[1]
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == ExitCode.SKIPPED
+    out, err = capfd.readouterr()
+    assert re.search(r"^images\s+6$", out, re.M), out  # 8 in the split, 2 left out
+    assert "2 image(s) could not be read and were left out of the metric" in out
+    assert cut.name in err and bad.name in err and "Traceback" not in err
+
+
+def test_a_set_with_an_unusable_file_but_nothing_else_wrong_exits_1(tmp_path, capsys):
+    """Only a file left out when the set was built (nothing fails later): still reported, still exit 1."""
+    from multibox.data import ShapesDataset, write_voc
+
+    write_voc(ShapesDataset(6, 64, seed=4), tmp_path / "voc", "train")
+    (tmp_path / "voc" / "JPEGImages" / sorted((tmp_path / "voc" / "JPEGImages").iterdir())[0].name).write_bytes(b"")
+    extra = {"data.kind": "voc", "data.root": str(tmp_path / "voc"), "data.train_split": "train"}
+    assert main(_train_args(tmp_path / "run", **{**extra, "data.val_split": "train"})) == 1
+    out = capsys.readouterr().out
+    assert "1 training image(s) could not be used" in out and "image read(s)" not in out
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt")]) == 1
+    assert "1 image(s) could not be read and were left out of the metric" in capsys.readouterr().out
+    assert main(_train_args(tmp_path / "run2", **{**extra, "data.val_split": "train", "data.on_error": "raise"})) == 3
+    assert "empty file" in capsys.readouterr().err

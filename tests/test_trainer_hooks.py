@@ -11,12 +11,13 @@ import torch
 
 from multibox.config import load_config
 from multibox.engine import hooks as H
-from multibox.engine.builders import build_dataset, build_optimizer, model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint
+from multibox.engine.builders import build_dataset, build_optimizer
 from multibox.engine.evaluate import evaluate
 from multibox.engine.run import build_run
 from multibox.engine.schedule import LRFactor
 from multibox.engine.train import train
+from multibox.weights.checkpoint import model_from_checkpoint
+from multibox.weights.io import load_checkpoint
 from test_engine import tiny_overrides
 
 
@@ -158,7 +159,7 @@ def test_training_skips_an_unreadable_image_and_reports_it(tmp_path):
     with pytest.warns(DatasetWarning, match=bad.name):
         result = train(load_config("ssd_tiny_shapes", sets), progress=False)
     # 4 steps of 4 images over 8 images: every image is drawn twice, the bad one skipped both times
-    assert result.step == 4 and result.skipped_images == 2
+    assert result.step == 4 and result.skipped_images == 2 and result.skipped_when_built == 0
     assert torch.isfinite(torch.tensor(result.last_loss["loss"]))
 
 

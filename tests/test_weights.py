@@ -15,12 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multibox.engine.builders import model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint, save_checkpoint
 from multibox.models import create_model
-from multibox.models.tiny import IMAGENET_MEAN, IMAGENET_STD
-from multibox.models.vgg import SSD_PYTORCH_PREFIXES, VGG_MEAN, VGG16Base
+from multibox.models.vgg import SSD_PYTORCH_PREFIXES, VGG16Base
 from multibox.models.zoo import resolve_prior_spec
+from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD, VGG_MEAN
 from multibox.priors import COCO300
 from multibox.weights import (
     TORCHVISION300,
@@ -35,6 +33,8 @@ from multibox.weights import (
     reduce_fc6,
     reduce_fc7,
 )
+from multibox.weights.checkpoint import model_from_checkpoint
+from multibox.weights.io import load_checkpoint, save_checkpoint
 
 # ---------------------------------------------------------------- ssd.pytorch (amdegroot), as in its ssd.py
 BASE = [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512]

@@ -24,9 +24,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from multibox.engine.checkpoint import load_checkpoint
-from multibox.engine.inference import load_detector
 from multibox.models import create_model
+from multibox.runtime import load_detector
 from multibox.weights import (
     LAYOUTS,
     TORCHVISION_COCO_CLASSES,
@@ -36,6 +35,7 @@ from multibox.weights import (
     convert_torchvision_ssdlite320,
     detect_layout,
 )
+from multibox.weights.io import load_checkpoint
 
 C4_POS = 13  # torchvision _mobilenet_extractor: stage_indices [0, 2, 4, 7, 13, 16] (stride-2 blocks), c4_pos = [-2]
 

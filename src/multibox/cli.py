@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     layouts = "ssd.pytorch, ssd.pytorch-base, torchvision or imagenet-vgg16"
     c.add_argument("--from", dest="layout", default=None, help=f"{layouts} (default: guessed from the keys)")
     c.add_argument("--to-safetensors", action="store_true", help="save a multibox checkpoint as safetensors")
-    c.add_argument("--num-classes", type=int, default=None, help="classes incl. background (default: inferred)")
+    c.add_argument(
+        "--num-classes", type=_int_at_least(2), default=None, help="classes incl. background (default: inferred)"
+    )
     c.add_argument("--classes", default=None, help="comma-separated class names to store")
     c.add_argument("--input-order", choices=["rgb", "bgr"], default=None, help="channel order the source expects")
 
@@ -291,17 +293,23 @@ def _cmd_train(a: argparse.Namespace) -> int:
         key = "AP" if "AP" in last else "mAP"
         print(f"validation {key}: {last.get(key, float('nan')):.4f} at the end, best {r.best[1]:.4f} at step "
               f"{r.best[0]} ({r.best_checkpoint})")  # fmt: skip
+    if r.skipped_when_built:
+        print(f"{r.skipped_when_built} training image(s) could not be used and were left out (see the warnings)")
     if r.skipped_images:
-        print(f"{r.skipped_images} training image(s) could not be read and were skipped (see the warnings)")
-        return int(ExitCode.SKIPPED)
-    return 0
+        print(
+            f"training batches left out {r.skipped_images} image read(s) that failed (an image counts each time it "
+            "is drawn; see the warnings)"
+        )
+    return int(ExitCode.SKIPPED) if r.skipped_when_built or r.skipped_images else 0
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from multibox.config import config_from_dict, load_config
-    from multibox.engine.builders import build_dataset, model_from_checkpoint, resolve_device
-    from multibox.engine.checkpoint import load_checkpoint
+    from multibox.engine.builders import build_dataset
     from multibox.engine.evaluate import evaluate
+    from multibox.runtime import resolve_device
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
 
     ckpt = load_checkpoint(a.weights)
     if a.config is None and "config" not in ckpt:
@@ -425,10 +433,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     import torch
 
     from multibox.data import ShapesDataset
-    from multibox.engine.bench import available_paths, bench_model, format_table, matmul_peak_gflops
-    from multibox.engine.builders import resolve_device
-    from multibox.engine.inference import load_detector, model_info
+    from multibox.engine.bench import bench_model, format_table, matmul_peak_gflops
+    from multibox.engine.inference import model_info
     from multibox.models import create_model
+    from multibox.runtime import available_paths, load_detector, resolve_device
 
     device = resolve_device(a.device)
     model = load_detector(a.weights)[0] if a.weights else create_model(a.model, a.num_classes)

@@ -1,4 +1,4 @@
-"""ONNX export of an SSD, with or without post-processing, checked against onnxruntime (DESIGN.md §12).
+"""ONNX export of an SSD, with or without post-processing, checked against onnxruntime.
 
 :func:`export_onnx` writes a graph that takes a normalised float image batch ``images [B, 3, H, W]`` and returns
 either padded detections ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]``, ``num_detections [B]`` with the
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from multibox.boxes import DEFAULT_VARIANCES, clip_boxes, decode
 from multibox.export_graph import DETECTION_OUTPUTS, RAW_OUTPUTS, DetectionGraph, RawGraph, verify_detections
+from multibox.files import writing
 from multibox.onnx_runtime import ExportMismatchError, compare_detections
 
 __all__ = [
@@ -89,7 +90,7 @@ class ExportResult:
 
 def _at_size(model: nn.Module, image_size: int | Sequence[int] | None) -> nn.Module:
     """``model`` itself, or the same weights rebuilt through the registry for another input size."""
-    from multibox.models.ssd import to_hw
+    from multibox.preprocess import to_hw
 
     if image_size is None or to_hw(image_size) == tuple(model.image_size):
         return model
@@ -216,11 +217,12 @@ def export_onnx(
     graph = (DetectionGraph(net, **post) if with_postprocess else RawGraph(net)).eval()
     outputs = DETECTION_OUTPUTS if with_postprocess else RAW_OUTPUTS
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path, "ONNX model"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     was_training = net.training
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), writing(path, "ONNX model"):
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # clip_boxes' x[..., 0::2]
@@ -240,7 +242,8 @@ def export_onnx(
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)
         proto.doc_string = f"{json.loads(metadata['model'])} exported by multibox.export_onnx"
-        onnx.save(proto, str(path))
+        with writing(path, "ONNX model"):
+            onnx.save(proto, str(path))
         result = ExportResult(
             path=path,
             image_size=(h, w),
@@ -268,7 +271,7 @@ def export_checkpoint(weights: str | Path, out: str | Path, **kwargs: Any) -> Ex
         out: the ``.onnx`` file to write.
         **kwargs: passed to :func:`export_onnx` (``class_names`` defaults to the checkpoint's).
     """
-    from multibox.engine.inference import load_detector
+    from multibox.runtime import load_detector
 
     model, classes = load_detector(weights)
     kwargs.setdefault("class_names", classes or None)

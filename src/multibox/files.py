@@ -28,7 +28,8 @@ import json
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,7 @@ __all__ = [
     "find_images",
     "run_detection",
     "write_error",
+    "writing",
 ]
 
 #: File suffixes read from a folder (compared case-insensitively).
@@ -87,9 +89,24 @@ def write_error(path: str | Path, exc: OSError, what: str = "file") -> OutputWri
         reason = "read-only file system"
     elif exc.errno in (errno.EACCES, errno.EPERM):
         reason = "permission denied"
+    elif exc.errno == errno.EEXIST and exc.filename is not None:  # mkdir(exist_ok=True) met a file
+        reason = f"{exc.filename} is a file, not a folder"
+    elif exc.errno == errno.ENOTDIR:
+        reason = "a part of its path is a file, not a folder"
     err = OutputWriteError(f"cannot write {what} {path}: {reason}")
     err.errno, err.strerror, err.filename = exc.errno, exc.strerror, str(path)
     return err
+
+
+@contextmanager
+def writing(path: str | Path, what: str = "file") -> Iterator[None]:
+    """A block that writes ``path``: an ``OSError`` in it becomes :func:`write_error`'s :class:`OutputWriteError`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise write_error(path, e, what) from e
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ def background_loss(cls_logits: Tensor) -> Tensor:
 
     Computed without gradient as ``log1p(sum_{c >= 1} exp(x_c - x_0))``: a subtraction, an exponential and a
     matrix-vector product that sums the class axis (a class axis of 21 is too short for the reduction kernels; the
-    product reads it as rows), slice by slice: 0.6-0.65x of a ``log_softmax`` over ``[B, A, C]`` on this 2-core CPU
-    when it is quiet, but its many small ops are hit harder by the host's slow phases (see the issue note).
+    product reads it as rows), slice by slice; ``benchmarks/bench_primitives.py`` times it against ``log_softmax``
+    over ``[B, A, C]``.
     Shifting by the background logit instead of the maximum keeps ``log1p``'s full relative precision for the very
     easy negatives, as ``log_softmax`` has. Priors where a class is more than about 88 ahead of the background (the
     exponential overflows) are recomputed with ``log_softmax``, so the result is exact to rounding for every input;
@@ -55,12 +55,12 @@ def background_loss(cls_logits: Tensor) -> Tensor:
         others[0] = 0.0
         rest = torch.empty(rows.shape[0], dtype=x.dtype, device=x.device)  # sum_{c >= 1} exp(x_c - x_0)
         # In slices of _CHUNK priors through one reused buffer (2.75 MB at 21 classes, cache-resident) rather than
-        # three passes over a fresh [B * A, C] tensor: 0.65x of log_softmax's time instead of ~0.85x.
+        # three passes over a fresh [B * A, C] tensor.
         buf = torch.empty(min(_CHUNK, rows.shape[0]), c, dtype=x.dtype, device=x.device)
         for i in range(0, rows.shape[0], _CHUNK):
             r = rows[i : i + _CHUNK]
             e = buf[: r.shape[0]]
-            # exp as exp2 of a scaled argument: float32 exp2 is several times faster than exp here
+            # exp as exp2 of a scaled argument: float32 exp2 is faster than exp on CPUs
             # (benchmarks/bench_primitives.py).
             torch.sub(r, r[:, :1], out=e).mul_(_LOG2E).exp2_()
             torch.mv(e, others, out=rest[i : i + _CHUNK])

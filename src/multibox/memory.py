@@ -2,10 +2,10 @@
 
 glibc's ``malloc`` serves large blocks (above a threshold that starts at 128 KiB and adapts) with ``mmap`` and hands
 them back to the kernel on ``free``; it also trims the top of its heap once more than a threshold is free. Between
-steps, PyTorch frees and reallocates the same multi-megabyte activations, so each step faults in fresh zeroed pages:
-the demo's training took 1.5 million minor page faults per 200 steps. :func:`tune_malloc` sets both thresholds
-high (as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would), so freed blocks up to 32 MiB are kept and
-reused: about 10x fewer page faults and 8-15% faster demo training on this 2-core CPU (see the issue note).
+steps, PyTorch frees and reallocates the same multi-megabyte activations, so each step faults in fresh zeroed pages.
+:func:`tune_malloc` sets both thresholds high (as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would), so
+freed blocks up to 32 MiB are kept and reused instead (the page faults and training time measured with and without
+it: ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

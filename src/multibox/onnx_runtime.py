@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from multibox.files import DetectionResults, OnError, find_images, run_detection
 from multibox.io.integrity import image_problem
+from multibox.io.pillow_open import open_image
 from multibox.io.regular import read_bytes
 
 __all__ = [
@@ -146,7 +147,7 @@ def read_image_array(path: str | Path) -> np.ndarray:
         problem = image_problem(data)
         if problem is not None:
             raise OSError(problem)
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data), path) as img:
             img.load()
             with contextlib.suppress(Exception):  # a corrupt EXIF block must not make the image unreadable
                 img = ImageOps.exif_transpose(img)

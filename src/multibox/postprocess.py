@@ -81,13 +81,13 @@ def _candidates(
 def _class_major_softmax(logits: Tensor) -> Tensor:
     """``softmax(logits, -1)`` in float32 for ``logits Tensor[B, A, C]``, stored class-major (a ``[B, C, A]`` buffer).
 
-    With a few classes on the innermost axis, reductions over classes run several times slower than over an outer
-    axis, so the scores are transposed once (one copy, which the float32 conversion needs anyway); the per-prior
-    maximum and the per-class top-k that follow then read unit-stride rows.
+    With a few classes on the innermost axis, reductions over classes run slower than over an outer axis, so the
+    scores are transposed once (one copy, which the float32 conversion needs anyway); the per-prior maximum and the
+    per-class top-k that follow then read unit-stride rows.
 
-    The exponential is taken as ``2 ** (x log2(e))``: torch's float32 ``exp`` runs several times slower on a CPU than
-    its ``exp2`` (0.9 vs 0.25 ms for 8 x 8732 x 21 here), and the extra rounding of the product changes a score by
-    about ``1e-7 |x - max|`` relative.
+    The exponential is taken as ``2 ** (x log2(e))``: torch's float32 ``exp`` runs slower on a CPU than its ``exp2``
+    (``benchmarks/bench_primitives.py``), and the extra rounding of the product changes a score by about
+    ``1e-7 |x - max|`` relative.
     """
     b, a, c = logits.shape
     x = torch.empty(b, c, a, dtype=torch.float32, device=logits.device)  # class-major

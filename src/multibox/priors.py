@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from multibox.preprocess import to_hw
+
 __all__ = [
     "COCO300",
     "COCO512",
@@ -68,7 +70,8 @@ def caffe_sizes(
     return tuple(min_sizes), tuple(max_sizes)
 
 
-def _pair(v: float | Sequence[float]) -> tuple[float, float]:
+def _steps_pair(v: float | Sequence[float]) -> tuple[float, float]:
+    """A step as ``(step_y, step_x)``; one number means both."""
     if isinstance(v, int | float):
         return float(v), float(v)
     a, b = v
@@ -103,7 +106,7 @@ def default_boxes(
     Returns:
         ``Tensor[A, 4]`` float32 priors ``(cx, cy, w, h)`` relative to the input size.
     """
-    height, width = _pair(image_size)
+    height, width = to_hw(image_size)
     m = len(feature_maps)
     if not (len(min_sizes) == len(aspect_ratios) == m) or (max_sizes is not None and len(max_sizes) != m):
         raise ValueError(
@@ -116,7 +119,7 @@ def default_boxes(
     for k, (fh, fw) in enumerate(feature_maps):
         if fh < 1 or fw < 1:
             raise ValueError(f"feature map {k} has size {fh}x{fw}; every map must be at least 1x1")
-        step_y, step_x = (height / fh, width / fw) if steps is None else _pair(steps[k])
+        step_y, step_x = (height / fh, width / fw) if steps is None else _steps_pair(steps[k])
         # Sizes (w, h) in pixels of the priors of one cell, in ssd.pytorch's order.
         s = float(min_sizes[k])
         sizes = [(s, s)]
@@ -198,7 +201,7 @@ class PriorSpec:
         """
         if len(feature_maps) != self.num_maps:
             raise ValueError(f"the network has {len(feature_maps)} source maps but the prior spec has {self.num_maps}")
-        height, width = _pair(image_size)
+        height, width = to_hw(image_size)
         native = height == width == self.size
         scale = 1.0 if native else min(height, width) / self.size
         return default_boxes(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 __all__ = ["Detections", "Prediction"]
@@ -33,3 +34,8 @@ class Detections(NamedTuple):
     boxes: Tensor
     scores: Tensor
     labels: Tensor
+
+    def to_pixels(self, height: int, width: int) -> Detections:
+        """These detections with boxes in [0, 1] mapped to pixels of an image of ``height x width``."""
+        scale = torch.tensor([width, height, width, height], dtype=self.boxes.dtype, device=self.boxes.device)
+        return Detections(self.boxes * scale, self.scores, self.labels)

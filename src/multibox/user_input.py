@@ -50,12 +50,26 @@ def _yaml_size(node: yaml.Node, seen: dict[int, int], depth: int, aliases: bool)
     seen[id(node)] = -1  # in progress
     children = node.value if isinstance(node, yaml.SequenceNode) else []
     if isinstance(node, yaml.MappingNode):
+        _no_duplicate_keys(node)
         children = [n for pair in node.value for n in pair]
     size = 1 + sum(_yaml_size(c, seen, depth + 1, aliases) for c in children)
     if size > MAX_YAML_NODES:
         raise ValueError(f"YAML expands to more than {MAX_YAML_NODES} values (aliases of aliases?)")
     seen[id(node)] = size
     return size
+
+
+def _no_duplicate_keys(node: yaml.MappingNode) -> None:
+    """Raise on a key written twice in one mapping (PyYAML keeps the last without a word)."""
+    seen: set[str] = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":  # (a merge key may repeat)
+            if key.value in seen:
+                raise ValueError(
+                    f"key {short(key.value)} appears twice in one mapping (again at line {key.start_mark.line + 1}): "
+                    "the second would replace the first without a word"
+                )
+            seen.add(key.value)
 
 
 def parse_yaml(text: str, where: str, aliases: bool = True) -> Any:
@@ -68,8 +82,8 @@ def parse_yaml(text: str, where: str, aliases: bool = True) -> Any:
         aliases: allow aliases (``*name``) that refer to anchors (``&name``).
 
     Raises:
-        ValueError: not valid YAML, aliases where they are not allowed, too large when expanded, or nested more than
-            50 levels (the message starts with ``where``).
+        ValueError: not valid YAML, aliases where they are not allowed, too large when expanded, nested more than
+            50 levels, or a key written twice in one mapping (the message starts with ``where``).
     """
     loader = yaml.SafeLoader(text)
     try:

@@ -92,9 +92,9 @@ def test_force_still_needs_a_clear_gain_and_no_boxes_is_an_error():
 
 def test_training_with_auto_priors_stores_the_fitted_spec(tmp_path):
     from multibox.config import load_config
-    from multibox.engine.builders import model_from_checkpoint
-    from multibox.engine.checkpoint import load_checkpoint
     from multibox.engine.train import train
+    from multibox.weights.checkpoint import model_from_checkpoint
+    from multibox.weights.io import load_checkpoint
     from test_engine import tiny_overrides
 
     sets = tiny_overrides(tmp_path, **{"model.priors": "auto", "data.shapes_train": 40})

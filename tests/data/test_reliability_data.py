@@ -82,6 +82,19 @@ def test_multibox_scan_decode_flag_finds_a_bad_crc(make_voc, capsys) -> None:
     assert "p.png: cannot decode image: corrupt: PNG chunk IDAT at byte 33 has a bad CRC" in out
 
 
+def test_multibox_scan_reports_truncated_images_without_decode(make_voc, capsys) -> None:
+    """The issue's case: scan read headers only and called a cut JPEG or PNG fine; the ending is checked too."""
+    items = [{"id": "ok", "size": (48, 32), "objects": DOG}, {"id": "cut", "size": (48, 32), "objects": DOG}]
+    root = make_voc([*items, {"id": "p", "size": (24, 24), "mode": "RGBA", "objects": DOG}])
+    _truncate(root / "JPEGImages" / "cut.jpg", 0.9)
+    (root / "JPEGImages" / "p.png").write_bytes((root / "JPEGImages" / "p.png").read_bytes()[:-12])
+    assert main(["scan", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "1 images, 1 boxes, 2 error(s)" in out and "error unreadable_image: 2 in 2 file(s)" in out
+    assert "cut.jpg: cannot read image header: truncated: the JPEG has no end-of-image marker (EOI)" in out
+    assert "p.png: cannot read image header: truncated: the PNG has no IEND chunk" in out
+
+
 @needs_fifo
 def test_named_pipe_split_and_coco_file_are_refused(make_voc, tmp_path, unjam) -> None:
     root = make_voc([{"id": "a", "size": (20, 20), "objects": DOG}])
@@ -316,6 +329,29 @@ def test_coco_crowd_flags_as_int_or_bool(tmp_path) -> None:
     assert COCODetection(images_dir, ann).get_target(0)["labels"].tolist() == [3]  # dog (id 18); the crowd box left out
 
 
+# --- non-finite coordinates -------------------------------------------------------------------------------------
+
+
+def test_non_finite_box_coordinates_are_dropped_and_named_as_such(make_voc, tmp_path) -> None:
+    """'nan', 'inf' and '1e400' in a VOC <bndbox>, NaN and Infinity in COCO JSON (Python's json reads them): dropped
+    with a warning that says why (they were counted as 'degenerate (xmax <= xmin ...)', which NaN is not)."""
+    objects = [("dog", "nan", 2, 9, 9), ("dog", 1, 2, "inf", 9), ("dog", 1, "1e400", 9, 9), ("dog", 5, 2, 3, 9)]
+    root = make_voc([{"id": "a", "size": (20, 20), "objects": [*objects, *DOG]}])
+    with pytest.warns(DatasetWarning) as record:
+        ds = VOCDetection(root)
+    assert ds.get_target(0)["boxes"].tolist() == [[1.0, 1.0, 9.0, 9.0]]  # VOC is 1-based: (2, 2, 9, 9)
+    message = str(record[0].message)
+    assert "dropped 3 box(es) with a NaN or infinite coordinate in 1 file(s): " in message
+    assert "dropped 1 degenerate box(es) (xmax <= xmin or ymax <= ymin) in 1 file(s)" in message
+    data = json.dumps(_valid()).replace("[1.5, 2.5, 3, 4]", "[NaN, 2.5, 3, 4]").replace("[10, 5", "[Infinity, 5")
+    images_dir, ann = _coco(tmp_path, data, IMAGES)
+    with pytest.warns(DatasetWarning, match=r"dropped 2 box\(es\) with a NaN or infinite coordinate in 2 file"):
+        ds = COCODetection(images_dir, ann)
+    assert ds.num_boxes() == 0
+    report = scan_dataset(images_dir, annotation_json=ann)
+    assert report.kinds()["non_finite_box"] == 2 and "NaN or infinite coordinate" in str(report)
+
+
 # --- a set without a single box ------------------------------------------------------------------------------------
 
 
@@ -330,6 +366,43 @@ def test_voc_set_without_any_box_says_so(make_voc, tmp_path, capsys) -> None:
     assert main(argv) == 3  # a dataset problem: the exit code of bad input files
     err = capsys.readouterr().err
     assert "has a box: 3 image(s) read" in err and "num_classes" not in err
+
+
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf\r\n\n"], ids=["empty", "bom_and_blank_lines"])
+def test_an_empty_training_split_says_so(make_voc, tmp_path, capsys, content) -> None:
+    root = make_voc([{"id": "a", "size": (20, 20), "objects": DOG}])
+    (root / "ImageSets" / "Main" / "none.txt").write_bytes(content)
+    argv = ["train", "ssd_tiny_shapes", "--set", "data.kind=voc", "--set", f"data.root={root}"]
+    argv += ["--set", "data.train_split=none", "--set", f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 3
+    assert capsys.readouterr().err == (
+        f"multibox train: error: the training set VOCDetection(root='{root}', split='none', images=0) has no image "
+        "(an empty split file, or every file skipped?)\n"
+    )
+
+
+@pytest.mark.parametrize("crowd", [False, True], ids=["no_annotations", "only_crowd"])
+def test_coco_set_without_any_box_says_so(tmp_path, capsys, crowd) -> None:
+    """No annotation at all, or only crowd regions (not training targets): refused before training, exit 3."""
+    data = _valid()
+    data["annotations"] = [dict(data["annotations"][1], iscrowd=1)] if crowd else []
+    images_dir, ann = _coco(tmp_path, data, IMAGES)
+    argv = [
+        "train",
+        "ssd_tiny_shapes",
+        "--no-progress",
+        "--set",
+        "data.kind=coco",
+        "--set",
+        f"train.out_dir={tmp_path}",
+    ]
+    argv += ["--set", f"data.train_images={images_dir}", "--set", f"data.train_annotations={ann}"]
+    assert main(argv) == 3
+    assert capsys.readouterr().err == (
+        f"multibox train: error: no image of the training set COCODetection(images_dir='{images_dir}', images=3) "
+        "has a box: there is nothing to learn\n"
+    )
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_scan_reports_bad_coco_entries_and_keeps_going(tmp_path) -> None:

@@ -17,6 +17,7 @@ from PIL import Image, ImageFile
 
 from multibox.data.image_io import decode_image, probe_image, read_image
 from multibox.io.integrity import check_ending, image_problem, sniff_format
+from multibox.onnx_runtime import read_image_array
 
 
 def _encode(fmt: str, size: tuple[int, int] = (24, 16), **kwargs) -> tuple[bytes, np.ndarray]:
@@ -190,3 +191,18 @@ def test_real_photos_read_completely(shared_data) -> None:
         assert sniff_format(data) == "JPEG" and image_problem(data) is None, path
         assert check_ending(io.BytesIO(data)) is None
         assert probe_image(path).mode in ("RGB", "L")
+
+
+def test_an_image_over_pillows_pixel_limit_is_named_and_one_over_twice_it_refused(tmp_path, monkeypatch) -> None:
+    """Pillow's size warning names no file; multibox's names it. Over twice the limit: refused, naming the file."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    big, huge = tmp_path / "big.png", tmp_path / "huge.png"
+    Image.new("RGB", (40, 30)).save(big)  # 1200 pixels: over the limit, under twice it
+    Image.new("RGB", (40, 60)).save(huge)  # 2400 pixels
+    warned = rf"^{re.escape(str(big))}: 40x30 = 1200 pixels, over Pillow's limit of 1000 \(PIL\.Image\.MAX_IMAGE_"
+    for read in (probe_image, decode_image, read_image, read_image_array):
+        with pytest.warns(Image.DecompressionBombWarning, match=warned) as record:
+            read(big)
+        assert len(record) == 1, read.__name__  # Pillow's own warning (no file named) is not shown as well
+        with pytest.raises(OSError, match=rf"^{re.escape(str(huge))}: cannot (read image header|decode image): Image "):
+            read(huge)

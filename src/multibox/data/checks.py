@@ -1,6 +1,6 @@
 """Errors, warnings and box checks shared by the dataset readers and :func:`multibox.data.scan_dataset`.
 
-Policy (DESIGN.md rule 15): a file that cannot be used is an error that names the file (or, with
+Policy: a file that cannot be used is an error that names the file (or, with
 ``on_error="skip"``, is skipped and reported with its reason); a box that can be repaired is repaired (clipped) or
 dropped (degenerate), and building a dataset emits at most ONE :class:`DatasetWarning` that says how many and in
 which files. An image that only fails when an item is read (:func:`unusable_item`) raises, or under ``"skip"``
@@ -29,10 +29,14 @@ __all__ = [
     "IssueLog",
     "OnError",
     "check_boxes",
+    "skipped_when_built",
     "unusable_item",
 ]
 
 OnError = Literal["raise", "skip"]
+
+#: Issue kinds that leave an image out of a dataset when it is built (``on_error="skip"``).
+_SKIPPED_IMAGE_KINDS = ("skipped_file", "bad_entry")
 
 #: How many file names a summary line lists before "and N more".
 _MAX_FILES_LISTED = 5
@@ -71,6 +75,7 @@ class Issue:
 # What each kind of issue did, for the one-line summary of a dataset.
 _DESCRIPTIONS = {
     "degenerate_box": "dropped {n} degenerate box(es) (xmax <= xmin or ymax <= ymin)",
+    "non_finite_box": "dropped {n} box(es) with a NaN or infinite coordinate",
     "box_outside": "clipped {n} box(es) that extend outside the image",
     "box_outside_dropped": "dropped {n} box(es) entirely outside the image",
     "size_mismatch": "found {n} annotation(s) whose stated size differs from the image's",
@@ -101,6 +106,10 @@ class IssueLog:
             out[issue.kind].append(issue)
         return dict(out)
 
+    def skipped_images(self) -> int:
+        """How many images were left out: distinct files of ``skipped_file`` and ``bad_entry`` issues."""
+        return len({i.file for i in self.issues if i.kind in _SKIPPED_IMAGE_KINDS})
+
     def summary(self) -> str:
         """One line per kind of issue: what was done, how many times, in which files."""
         lines = []
@@ -120,6 +129,13 @@ class IssueLog:
         """Emit one :class:`DatasetWarning` for everything collected (nothing when there is nothing)."""
         if self.issues:
             warnings.warn(f"{owner}: {self.summary()}", DatasetWarning, stacklevel=stacklevel)
+
+
+def skipped_when_built(dataset: object) -> int:
+    """How many images a dataset reader left out when it was built (it warned naming them): its ``log``'s
+    :meth:`IssueLog.skipped_images`, 0 for a dataset without one."""
+    log = getattr(dataset, "log", None)
+    return log.skipped_images() if isinstance(log, IssueLog) else 0
 
 
 def unusable_item(owner: str, index: int, exc: Exception, on_error: OnError) -> None:
@@ -151,9 +167,10 @@ class BoxCheck:
         boxes: ``Tensor[N, 4]`` float32 xyxy pixels, clipped into the image (rows where ``keep`` is False are
             meaningless).
         keep: ``Tensor[N]`` bool, the boxes to keep.
-        degenerate: how many boxes were dropped as degenerate (including non-finite corners).
+        degenerate: how many boxes were dropped as degenerate (no positive width or height).
         clipped: how many kept boxes were clipped into the image.
         outside: how many boxes were dropped because they lie entirely outside the image.
+        non_finite: how many boxes were dropped because a coordinate is NaN or infinite.
     """
 
     boxes: Tensor
@@ -161,10 +178,14 @@ class BoxCheck:
     degenerate: int
     clipped: int
     outside: int
+    non_finite: int = 0
 
     def issues(self, file: str) -> list[Issue]:
         """The :class:`Issue` entries this check amounts to for ``file``."""
         out = []
+        if self.non_finite:
+            message = f"{self.non_finite} box(es) with a NaN or infinite coordinate dropped"
+            out.append(Issue("non_finite_box", file, message, self.non_finite))
         if self.degenerate:
             out.append(Issue("degenerate_box", file, f"{self.degenerate} degenerate box(es) dropped", self.degenerate))
         if self.clipped:
@@ -184,11 +205,13 @@ def check_boxes(boxes: Tensor, width: float, height: float, degenerate: Tensor |
         width: image width in pixels.
         height: image height in pixels.
         degenerate: ``Tensor[N]`` bool marking boxes the format itself calls degenerate (VOC's ``xmax <= xmin``);
-            by default, boxes without positive width and height or with non-finite corners.
+            by default, boxes without positive width and height. Boxes with a NaN or infinite coordinate are
+            dropped and counted apart (``non_finite``).
 
     Returns:
         A :class:`BoxCheck`; a clipped box that ends up with no area (entirely outside) is dropped.
     """
+    non_finite = ~torch.isfinite(boxes.reshape(-1, 4)).all(-1)
     boxes = boxes.to(torch.float32).reshape(-1, 4)
     bad = ~is_valid_box(boxes)
     if degenerate is not None:
@@ -199,4 +222,5 @@ def check_boxes(boxes: Tensor, width: float, height: float, degenerate: Tensor |
     moved = (clipped != boxes).any(-1) & ~bad
     gone = moved & ~is_valid_box(clipped)
     keep = ~bad & ~gone
-    return BoxCheck(clipped, keep, int(bad.sum()), int((moved & ~gone).sum()), int(gone.sum()))
+    degenerate_count = int((bad & ~non_finite).sum())
+    return BoxCheck(clipped, keep, degenerate_count, int((moved & ~gone).sum()), int(gone.sum()), int(non_finite.sum()))

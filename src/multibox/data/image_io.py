@@ -33,6 +33,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from multibox.io.integrity import check_ending, image_problem, sniff_format
+from multibox.io.pillow_open import open_image
 from multibox.io.regular import open_regular, read_bytes
 
 __all__ = [
@@ -107,7 +108,7 @@ def probe_image(path: str | Path) -> ImageInfo:
             if problem is not None:
                 raise OSError(problem)
             f.seek(0)
-            with Image.open(f) as img:
+            with open_image(f, path) as img:
                 return ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise OSError(f"{path}: cannot read image header: {_reason(path, exc)}") from exc
@@ -196,7 +197,7 @@ def decode_image_bytes(data: bytes, source: str, max_side: int | None = None) ->
         problem = image_problem(data)
         if problem is not None:
             raise OSError(problem)
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data), path) as img:
             if ImageFile.LOAD_TRUNCATED_IMAGES and sniff_format(data[:8]) is None:
                 warnings.warn(_TRUNCATED_SETTING_WARNING.format(fmt=img.format), stacklevel=3)
             info = ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)

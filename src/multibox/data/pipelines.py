@@ -21,15 +21,9 @@ from multibox.data.transforms import (
     Transform,
 )
 from multibox.data.zoom_crop import ZoomCropResize
+from multibox.preprocess import to_hw
 
 __all__ = ["eval_transform", "train_decode_side", "train_transform"]
-
-
-def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    h, w = image_size
-    return int(h), int(w)
 
 
 def train_decode_side(image_size: int | Sequence[int], min_scale: float = 0.3) -> int:
@@ -38,7 +32,7 @@ def train_decode_side(image_size: int | Sequence[int], min_scale: float = 0.3) -
 
     Readers decode large JPEGs down to it (their ``decode_max_side``) without losing any detail the network sees.
     """
-    h, w = _size_pair(image_size)
+    h, w = to_hw(image_size)
     return math.ceil(max(h, w) / min_scale)
 
 
@@ -72,7 +66,7 @@ def train_transform(
         A :class:`~multibox.data.transforms.Compose` from ``(uint8 [3, h, w], pixel boxes, labels)`` to
         ``(float [3, H, W] normalised, [0, 1] xyxy boxes, labels)``.
     """
-    h, w = _size_pair(image_size)
+    h, w = to_hw(image_size)
     steps: list[Transform] = [
         ZoomCropResize(
             PhotometricDistort() if photometric else None,
@@ -92,4 +86,4 @@ def eval_transform(
     image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float], *, antialias: bool = True
 ) -> Compose:
     """Evaluation pipeline: resize to ``image_size`` ``(H, W)``, normalise, boxes to [0, 1] xyxy (no randomness)."""
-    return Compose([Resize(_size_pair(image_size), antialias), Normalize(mean, std), ToRelative()])
+    return Compose([Resize(to_hw(image_size), antialias), Normalize(mean, std), ToRelative()])

@@ -1,17 +1,10 @@
-"""``multibox bench``: where inference time goes, for each fast path, with an accuracy guard.
+"""``multibox bench``: where inference time goes, for each inference path, with an accuracy guard.
 
 For a model and batch sizes it times (median of ``repeat`` runs after warm-up) pre-processing, the network,
-post-processing and the whole pipeline, for each inference path:
-
-- ``fp32``: eager NCHW float32 (the reference);
-- ``channels_last``: NHWC memory format, BatchNorm folded into the convolutions (as every path below);
-- ``bf16``: ``torch.autocast`` bfloat16 + channels_last, the head in float32 (CPUs with avx512-bf16/AMX, or CUDA);
-- ``fp16``: autocast float16 + channels_last (CUDA only);
-- ``compile``: ``torch.compile`` of the best eager path (optional, slow to warm up);
-- ``int8``: the backbone quantized to int8 (static post-training quantization calibrated on separate images, see
-  :func:`multibox.models.quantize.quantize_int8`), the head in float32, channels_last (CPU only, optional);
-- ``onnxruntime``: the network exported to ONNX (raw outputs) and run by onnxruntime's CPU provider with as many
-  intra-op threads as torch uses (optional, needs the ``export`` extra); pre- and post-processing as the others;
+post-processing and the whole pipeline, for each inference path of :mod:`multibox.runtime` (``fp32``,
+``channels_last``, ``bf16``, ``fp16``, ``compile``, ``int8``) and ``onnxruntime``: the network exported to ONNX
+(raw outputs) and run by onnxruntime's CPU provider with as many intra-op threads as torch uses (optional, needs the
+``export`` extra); pre- and post-processing as the others;
 
 all under ``torch.inference_mode``. It also measures the machine's matmul peak so that the network's achieved
 GFLOP/s can be read against it, and the *agreement* of each path with fp32: VOC AP of the path's detections
@@ -25,7 +18,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +25,12 @@ import torch
 from torch import nn
 
 from multibox.postprocess import postprocess
+from multibox.runtime import Runner, available_paths, prepare
 from multibox.structures import Detections, Prediction
 
 __all__ = [
     "BenchRow",
-    "available_paths",
     "bench_model",
-    "bf16_supported",
-    "fast_path",
     "format_table",
     "matmul_peak_gflops",
     "path_agreement",
@@ -85,39 +75,6 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32, device: str = "cpu", 
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is worth using on ``device`` (CUDA with bf16, or a CPU build with oneDNN)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
-
-
-def _onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def available_paths(device: torch.device, compile: bool = False, onnx: bool = False, int8: bool = False) -> list[str]:
-    """The inference paths that make sense on ``device`` (``onnx``: add onnxruntime on the CPU if installed;
-    ``int8``: add the int8 backbone on the CPU)."""
-    paths = ["fp32", "channels_last"]
-    if bf16_supported(device):
-        paths.append("bf16")
-    if device.type == "cuda":
-        paths.append("fp16")
-    if compile:
-        paths.append("compile")
-    if int8 and device.type == "cpu":
-        paths.append("int8")
-    if onnx and device.type == "cpu" and _onnxruntime_available():
-        paths.append("onnxruntime")
-    return paths
-
-
 class _OnnxNetwork:
     """The model's network as an onnxruntime session returning a :class:`Prediction` (CPU tensors)."""
 
@@ -137,63 +94,6 @@ class _OnnxNetwork:
     def __call__(self, x: torch.Tensor) -> Prediction:
         cls_logits, box_deltas = self.session.run(None, {self.input_name: x.contiguous().numpy()})
         return Prediction(torch.from_numpy(cls_logits), torch.from_numpy(box_deltas))
-
-
-def _prepare(
-    model: nn.Module, path: str, device: torch.device, calibration: torch.Tensor | None = None
-) -> tuple[nn.Module, Callable[[], Any], bool]:
-    """``(model, autocast context factory, channels_last)`` for a path.
-
-    Every path but the ``fp32`` reference runs a copy with BatchNorm folded into the preceding convolutions (exact
-    up to rounding; the agreement column checks it), in NHWC; the autocast paths keep the head in float32
-    (``SSD.head_fp32``). ``int8`` needs ``calibration`` (normalised images).
-    """
-    from multibox.models.fuse import fold_batch_norms
-
-    if path == "int8":
-        from multibox.models.quantize import quantize_int8
-
-        if device.type != "cpu":
-            raise ValueError("the int8 path runs on the CPU; use device='cpu'")
-        if calibration is None:
-            raise ValueError("the int8 path needs calibration images")
-        return quantize_int8(model.cpu(), calibration), nullcontext, True
-    model = model.to(device).eval()
-    cl = path != "fp32"
-    if cl:
-        model = fold_batch_norms(model).to(memory_format=torch.channels_last)
-    if path in ("bf16", "compile"):
-        dtype = torch.bfloat16
-    elif path == "fp16":
-        dtype = torch.float16
-    else:
-        dtype = None
-    if dtype is not None and path == "compile" and not bf16_supported(device):
-        dtype = None
-
-    def ctx() -> Any:
-        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-    if dtype is not None:
-        model.head_fp32 = True  # the folded copy's attribute; the caller's model is untouched
-    if path == "compile":
-        model = torch.compile(model)
-    return model, ctx, cl
-
-
-def fast_path(
-    model: nn.Module, device: torch.device, int8_calibration: torch.Tensor | None = None
-) -> tuple[nn.Module, Callable[[], Any], bool, str]:
-    """The fastest eager inference path on ``device``: ``(model, autocast context factory, channels_last, name)``.
-
-    bf16 autocast where the device supports it (avx512-bf16/AMX CPUs, CUDA), else fp32; channels_last and
-    BatchNorm folded either way. With ``int8_calibration`` (normalised images, better not the evaluated ones) the
-    backbone runs in int8 instead (CPU only, :func:`multibox.models.quantize.quantize_int8`). The model returned is
-    a folded copy; ``model`` itself is only moved to ``device``.
-    """
-    path = "int8" if int8_calibration is not None else "bf16" if bf16_supported(device) else "channels_last"
-    net, ctx, cl = _prepare(model, path, device, int8_calibration)
-    return net, ctx, cl, path
 
 
 def path_agreement(reference: Sequence[Detections], candidate: Sequence[Detections], min_score: float = 0.3) -> float:
@@ -237,7 +137,7 @@ def bench_model(
         model: an SSD (its ``preprocess`` gives size, mean and std).
         images: ``uint8 Tensor[N, 3, H, W]`` source images (any size; resized as in inference), ``N >= max batch``.
         batch_sizes: the batch sizes to time.
-        paths: inference paths (default: :func:`available_paths`).
+        paths: inference paths (default: :func:`multibox.runtime.available_paths`).
         device: where to run.
         repeat: timed runs per measurement (the median is reported).
         warmup: untimed runs first.
@@ -270,28 +170,27 @@ def bench_model(
         if path == "onnxruntime":
             if device.type != "cpu":
                 raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
-            net, ctx, cl = _OnnxNetwork(model.cpu().eval()), nullcontext, False
+            runner = Runner(_OnnxNetwork(model.cpu().eval()), path="onnxruntime")
         elif path == "int8":
             try:
-                net, ctx, cl = _prepare(model, path, device, calib)
+                runner = prepare(model, device, path, calib)
             except ValueError as e:  # e.g. the quantization guard: report and go on with the other paths
                 warnings.warn(f"bench: skipped the int8 path: {e}", stacklevel=2)
                 continue
         else:
-            net, ctx, cl = _prepare(model, path, device)
+            runner = prepare(model, device, path)
         for bs in batch_sizes:
             src = images[:bs]
 
-            def preprocess(src: torch.Tensor = src, cl: bool = cl) -> torch.Tensor:
+            def preprocess(src: torch.Tensor = src, cl: bool = runner.channels_last) -> torch.Tensor:
                 x = inputs(src).to(device)
                 return x.contiguous(memory_format=torch.channels_last) if cl else x
 
             with torch.inference_mode():
                 x = preprocess()
 
-                def network(x: torch.Tensor = x, net: nn.Module = net, ctx: Callable[[], Any] = ctx) -> Any:
-                    with ctx():
-                        return net(x)
+                def network(x: torch.Tensor = x, runner: Runner = runner) -> Any:
+                    return runner(x)
 
                 pred = network()
                 pre_ms = _median_ms(preprocess, repeat, warmup, sync)

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from multibox.config import DataConfig, ModelConfig, TrainConfig
-from multibox.engine.checkpoint import CheckpointError
-from multibox.user_input import short
 
 __all__ = [
     "build_dataset",
     "build_model",
     "build_optimizer",
-    "load_model_state",
-    "model_from_checkpoint",
-    "resolve_device",
 ]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU.
-
-    Raises:
-        ValueError: not a device name, or ``cuda`` on a machine without a usable GPU.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {short(name)} is not a device name; use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine; use cpu or auto")
-    return device
 
 
 def build_dataset(
@@ -105,65 +82,6 @@ def build_model(cfg: ModelConfig, num_classes: int, **overrides: Any) -> nn.Modu
         kwargs["prior_spec"] = PRIOR_PRESETS[cfg.priors]
     kwargs.update(overrides)
     return create_model(cfg.name, num_classes, **kwargs)
-
-
-def load_model_state(
-    model: nn.Module, state: dict[str, Any], source: str, strict: bool = True
-) -> tuple[list[str], list[str]]:
-    """``model.load_state_dict(state)`` with clear errors instead of torch's state-dict traceback.
-
-    Args:
-        model: the network.
-        state: its weights (from ``source``).
-        source: the file they come from, for messages.
-        strict: every key of the model must be in ``state`` and no other (else only the shapes are checked).
-
-    Returns:
-        ``(missing, unexpected)`` keys (empty with ``strict``).
-
-    Raises:
-        CheckpointError: a tensor's shape differs (the message names the key and both shapes), or, with ``strict``,
-            keys are missing or unexpected.
-    """
-    own = model.state_dict()
-    differ = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
-    if differ:
-        k = differ[0]
-        hint = " (another number of classes?)" if ".conf." in k or k.startswith("conf") else ""
-        raise CheckpointError(
-            f"{source}: weights do not fit the model: {k} is {list(state[k].shape)} in the file but "
-            f"{list(own[k].shape)} in the model{hint}; {len(differ)} tensor(s) differ"
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"{source}: weights do not fit the model: missing {short(missing, 200)}, "
-            f"unexpected {short(unexpected, 200)}"
-        )
-    return missing, unexpected
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
-    """Rebuild a model from a checkpoint written by :func:`multibox.train` and load its weights.
-
-    Args:
-        ckpt: the loaded checkpoint.
-        source: its file, for messages.
-
-    Raises:
-        CheckpointError: (a ``ValueError``) not a multibox checkpoint, or its weights do not fit the model it names
-            (the message names the first key that differs and both shapes).
-    """
-    from multibox.models import create_model_from_config
-
-    if "model_args" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(
-            f"{source}: not a multibox checkpoint: it has no 'model_args'/'model' entries (convert it first: "
-            "multibox convert)"
-        )
-    model = create_model_from_config(ckpt["model_args"])
-    load_model_state(model, ckpt["model"], str(source))
-    return model
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from multibox.config import load_config
-from multibox.engine.builders import build_dataset, model_from_checkpoint
-from multibox.engine.checkpoint import load_checkpoint
+from multibox.engine.builders import build_dataset
 from multibox.engine.evaluate import evaluate_detections, predict_dataset
 from multibox.engine.train import train
 from multibox.structures import Detections
+from multibox.weights.checkpoint import model_from_checkpoint
+from multibox.weights.io import load_checkpoint
 
 __all__ = ["run_demo"]
 

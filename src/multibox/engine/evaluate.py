@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from multibox.postprocess import postprocess
+from multibox.runtime import Runner, autocast_context, fastest_path, prepare
 from multibox.structures import Detections
 
 __all__ = [
@@ -23,14 +24,7 @@ __all__ = [
     "evaluate_detections",
     "predict_dataset",
     "preprocessed_images",
-    "scale_detections",
 ]
-
-
-def scale_detections(det: Detections, height: int, width: int) -> Detections:
-    """Detections with boxes in [0, 1] to boxes in pixels of an image of ``height x width``."""
-    scale = torch.tensor([width, height, width, height], dtype=det.boxes.dtype, device=det.boxes.device)
-    return Detections(det.boxes * scale, det.scores, det.labels)
 
 
 class _EvalItems(Dataset):
@@ -77,7 +71,7 @@ def predict_dataset(
 ) -> tuple[list[Detections], list[dict[str, Any]], float]:
     """Run the model over a dataset.
 
-    ``fast`` replaces ``amp`` and ``channels_last`` by :func:`multibox.engine.bench.fast_path` (BatchNorm folded,
+    ``fast`` replaces ``amp`` and ``channels_last`` by :func:`multibox.runtime.fastest_path` (BatchNorm folded,
     channels_last, bf16 autocast where supported, the head in float32); ``int8_calibration`` (normalised images,
     better not the evaluated ones) makes it the int8 backbone of :func:`multibox.models.quantize.quantize_int8`
     (CPU only).
@@ -87,22 +81,19 @@ def predict_dataset(
         the dataset's raw targets (pixel boxes, labels, ``difficult`` when present), and the wall time.
     """
     from multibox.data import eval_transform
-    from multibox.engine.train import autocast_context
 
     device = torch.device(device)
     pre = model.preprocess
     items = _EvalItems(dataset, eval_transform(pre.image_size, pre.mean, pre.std))
     loader = DataLoader(items, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     model.eval().to(device)
-    net: nn.Module = model
     if fast or int8_calibration is not None:
-        from multibox.engine.bench import fast_path
-
-        net, ctx, channels_last, _ = fast_path(model, device, int8_calibration)
+        path = fastest_path(device, int8=int8_calibration is not None)
+        runner = prepare(model, device, path, int8_calibration)
     else:
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        ctx = functools.partial(autocast_context, device, amp)
+        runner = Runner(model, functools.partial(autocast_context, device, amp), channels_last, "eager")
     priors = model.priors.to(device)
     dets: list[Detections] = []
     targets: list[dict[str, Any]] = []
@@ -111,11 +102,7 @@ def predict_dataset(
         if batch is None:
             continue
         images, tgts, sizes = batch
-        images = images.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with ctx():
-            pred = net(images)
+        pred = runner(images.to(device))
         out = postprocess(
             pred,
             priors,
@@ -125,7 +112,7 @@ def predict_dataset(
             top_k=top_k,
         )
         for d, (h, w) in zip(out, sizes, strict=True):
-            dets.append(Detections(*(t.cpu() for t in scale_detections(d, h, w))))
+            dets.append(Detections(*(t.cpu() for t in d.to_pixels(h, w))))
         targets += tgts
     return dets, targets, time.perf_counter() - t0
 
@@ -214,14 +201,17 @@ def evaluate(
     Returns:
         ``{"mAP": ..., "AP/<class>": ..., "images": n, "seconds": t}`` for VOC; the 12 COCO stats for COCO.
     """
+    from multibox.data.checks import skipped_when_built
+
     names = list(class_names if class_names is not None else getattr(dataset, "classes", []))
     dets, targets, seconds = predict_dataset(model, dataset, **predict_kwargs)
     out = evaluate_detections(
         dets, targets, metric=metric, iou_threshold=iou_threshold, class_names=names, out_dir=None
     )
     out["seconds"] = seconds
-    skipped = len(dataset) - len(targets)  # type: ignore[arg-type]
-    if skipped:  # unreadable images the reader skipped with a warning: the metric is over the others
+    # Unreadable images the reader skipped with a warning, when read or when built: the metric is over the others.
+    skipped = len(dataset) - len(targets) + skipped_when_built(dataset)  # type: ignore[arg-type]
+    if skipped:
         out["skipped"] = skipped
     if out_dir is not None:
         _write(out, metric, names, Path(out_dir))

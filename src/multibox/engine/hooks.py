@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from multibox.engine.checkpoint import capture_rng_state, model_checkpoint, restore_rng_state, save_checkpoint
+from multibox.engine.rng import capture_rng_state, restore_rng_state
 from multibox.engine.trainer import Hook, Trainer
+from multibox.weights.checkpoint import model_checkpoint
+from multibox.weights.io import save_checkpoint
 
 __all__ = ["Callbacks", "Checkpointer", "Evaluator", "MetricLogger", "ProgressBar", "TimeBudget"]
 

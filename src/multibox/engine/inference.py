@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from multibox.engine.builders import model_from_checkpoint, resolve_device
-from multibox.engine.checkpoint import load_checkpoint
 from multibox.files import DetectionResults, OnError, find_images, run_detection
 from multibox.postprocess import postprocess
+from multibox.runtime import Runner, fastest_path, load_detector, prepare, resolve_device
 from multibox.structures import Detections
 
-__all__ = ["detect", "load_detector", "model_info"]
-
-
-def load_detector(weights: str | Path) -> tuple[nn.Module, list[str]]:
-    """A model and its class names from a multibox checkpoint."""
-    ckpt = load_checkpoint(weights)
-    model = model_from_checkpoint(ckpt, weights)
-    classes = list(ckpt.get("classes", []))
-    return model, classes
+__all__ = ["detect", "model_info"]
 
 
 @torch.inference_mode()
@@ -55,7 +45,7 @@ def detect(
         class_names: overrides the checkpoint's class names.
         batch_size: images per forward pass.
         score_thresh: the lowest score reported.
-        fast: run the fastest eager path (:func:`multibox.engine.bench.fast_path`: BatchNorm folded, channels_last,
+        fast: run the fastest eager path (:func:`multibox.runtime.fastest_path`: BatchNorm folded, channels_last,
             bf16 autocast where supported); check it with ``multibox bench`` first.
         on_error: ``skip`` an unreadable input with a :class:`~multibox.files.SkippedInputWarning`, or ``raise``
             :class:`~multibox.files.BadInputError`.
@@ -70,7 +60,6 @@ def detect(
         ValueError: ``batch_size`` < 1 or ``score_thresh`` outside [0, 1].
     """
     from multibox.data import eval_transform, read_image
-    from multibox.engine.evaluate import scale_detections
 
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
@@ -83,25 +72,18 @@ def detect(
     dev = resolve_device(device)
     model.eval().to(dev)
     pre = model.preprocess
-    net, ctx, channels_last = model, nullcontext, False
-    if fast:
-        from multibox.engine.bench import fast_path
-
-        net, ctx, channels_last, _ = fast_path(model, dev)
+    runner = prepare(model, dev, fastest_path(dev)) if fast else Runner(model)
     transform = eval_transform(pre.image_size, pre.mean, pre.std)
     empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
 
     def detect_batch(images: list[torch.Tensor]) -> list[tuple[int, int, Detections]]:
         batch = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in images]).to(dev)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with ctx():
-            pred = net(batch)
+        pred = runner(batch)
         dets = postprocess(pred, model.priors.to(dev), score_thresh=score_thresh, nms_thresh=nms_thresh, top_k=top_k)
         out = []
         for im, d in zip(images, dets, strict=True):
             h, w = im.shape[-2:]
-            out.append((w, h, Detections(*(t.cpu() for t in scale_detections(d, h, w)))))
+            out.append((w, h, Detections(*(t.cpu() for t in d.to_pixels(h, w)))))
         return out
 
     return run_detection(

@@ -1,6 +1,6 @@
 """A training run composed from a config: data, model (priors fitted to the data), optimizer, schedule, resume state.
 
-:func:`build_run` is the only place a training config is read (DESIGN.md §3); the :class:`~multibox.engine.trainer.
+:func:`build_run` is the only place a training config is read; the :class:`~multibox.engine.trainer.
 Trainer` and its hooks take the :class:`TrainingRun` it returns. Under ``torchrun`` (``WORLD_SIZE > 1``) the model is
 wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and each rank reads its own shard of the batches.
 """
@@ -19,10 +19,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from multibox.config import Config
-from multibox.engine.builders import build_dataset, build_model, build_optimizer, load_model_state, resolve_device
-from multibox.engine.checkpoint import load_checkpoint, restore_rng_state
+from multibox.engine.builders import build_dataset, build_model, build_optimizer
+from multibox.engine.rng import restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
+from multibox.runtime import resolve_device
+from multibox.weights.checkpoint import load_model_state
+from multibox.weights.io import CheckpointError, load_checkpoint
 
 __all__ = ["TrainingRun", "build_run", "fit_model_priors", "freeze_modules", "set_train_mode"]
 
@@ -49,6 +52,8 @@ class TrainingRun:
         out_dir: where checkpoints and logs go.
         prior_fit: what :func:`fit_model_priors` decided (None when the config names fixed priors, or on resume).
         elapsed_s: training seconds spent before this run (from a resumed checkpoint), for the time budget.
+        skipped_when_built: training images the reader left out when it was built (unreadable or unusable files,
+            ``data.on_error=skip``; it warned naming them).
     """
 
     config: Config
@@ -71,6 +76,7 @@ class TrainingRun:
     out_dir: Path = field(default_factory=lambda: Path("runs/exp"))
     prior_fit: Any = None
     elapsed_s: float = 0.0
+    skipped_when_built: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -235,7 +241,7 @@ def _lr_factor(config: Config, batches_per_epoch: int) -> LRFactor:
 def _model(config: Config, raw: Any, num_classes: int, resume_ckpt: dict | None) -> tuple[nn.Module, Any]:
     """The network: rebuilt from the checkpoint being resumed (its priors included), or built and fitted."""
     if resume_ckpt is not None:
-        from multibox.engine.builders import model_from_checkpoint
+        from multibox.weights.checkpoint import model_from_checkpoint
 
         return model_from_checkpoint(resume_ckpt), None
     model = build_model(config.model, num_classes)
@@ -245,6 +251,21 @@ def _model(config: Config, raw: Any, num_classes: int, resume_ckpt: dict | None)
     if config.train.init_weights:
         _init_from(model, config.train.init_weights, config.model.name)
     return model, fit
+
+
+# What a checkpoint needs to continue a run (last.pt has them; best.pt and converted weights hold the model only).
+_TRAINING_STATE = ("optimizer", "scheduler", "step", "rng")
+
+
+def _resumable(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``ckpt`` if it holds a training state to continue from, else a :class:`CheckpointError` saying what to do."""
+    missing = [k for k in _TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path}: cannot resume from it: it holds model weights without a training state (no {', '.join(missing)}"
+            f"); resume from a run's last.pt, or start from these weights with --set train.init_weights={path}"
+        )
+    return ckpt
 
 
 def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
@@ -257,6 +278,7 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
 
     Raises:
         ValueError: a class count that disagrees with the data, batch sizes that do not divide, bad weights.
+        DatasetError: (a ``ValueError``) no image of the training set has a box.
     """
     tc = config.train
     rank, world, owns_pg = _distributed()
@@ -265,11 +287,14 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     _seed_everything(tc.seed)
     if resume == "auto":
         resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
-    ckpt = load_checkpoint(resume, map_location=device) if resume is not None else None
+    ckpt = _resumable(load_checkpoint(resume, map_location=device), resume) if resume is not None else None
+    from multibox.data.checks import DatasetError, skipped_when_built
 
     raw = build_dataset(config.data, "train", config.model.image_size)
+    if len(raw) == 0:  # data problems (exit 3), as VOCDetection's own checks
+        raise DatasetError(f"the training set {raw!r} has no image (an empty split file, or every file skipped?)")
     if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
-        raise ValueError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
+        raise DatasetError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
     classes = tuple(raw.classes)
     model, fit = _model(config, raw, _num_classes(config, classes), ckpt)
     dataset = _train_dataset(config, raw, model)
@@ -331,4 +356,5 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         out_dir=out_dir,
         prior_fit=fit,
         elapsed_s=elapsed,
+        skipped_when_built=skipped_when_built(raw),
     )

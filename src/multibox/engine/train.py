@@ -24,9 +24,9 @@ from multibox.config import Config, config_to_dict
 from multibox.engine import hooks as H
 from multibox.engine.lock import RunLockedError, lock_out_dir
 from multibox.engine.run import TrainingRun, build_run
-from multibox.engine.trainer import Hook, NonFiniteLossError, Trainer, autocast_context
+from multibox.engine.trainer import Hook, NonFiniteLossError, Trainer
 
-__all__ = ["NonFiniteLossError", "RunLockedError", "TrainResult", "autocast_context", "model_args", "train"]
+__all__ = ["NonFiniteLossError", "RunLockedError", "TrainResult", "model_args", "train"]
 
 
 @dataclass
@@ -47,7 +47,10 @@ class TrainResult:
     """Why training ended before ``max_iters`` (the time budget), or None."""
     evaluations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     skipped_images: int = 0
-    """Training images left out of their batches because they could not be read (``data.on_error=skip``)."""
+    """Images left out of their training batches because they could not be read (``data.on_error=skip``); an image
+    counts each time it is drawn."""
+    skipped_when_built: int = 0
+    """Training images the reader left out when it was built (unreadable or unusable files; it warned)."""
 
 
 def model_args(model: nn.Module) -> dict[str, Any]:
@@ -169,4 +172,5 @@ def _train(
         stop_reason=trainer.stop_reason,
         evaluations=evaluator.history if evaluator else [],
         skipped_images=trainer.skipped_images,
+        skipped_when_built=run.skipped_when_built,
     )

@@ -16,24 +16,17 @@ import torch
 from torch import nn
 
 from multibox.config import config_to_dict
-from multibox.engine.checkpoint import capture_rng_state, model_checkpoint
+from multibox.engine.rng import capture_rng_state
 from multibox.engine.run import TrainingRun, set_train_mode
 from multibox.loss import multibox_loss
+from multibox.runtime import autocast_context
+from multibox.weights.checkpoint import model_checkpoint
 
-__all__ = ["Hook", "NonFiniteLossError", "Trainer", "autocast_context"]
+__all__ = ["Hook", "NonFiniteLossError", "Trainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the images of the batch."""
-
-
-def autocast_context(device: torch.device, amp: str) -> Any:
-    """``torch.autocast`` for ``amp`` in ``{"none", "bf16", "fp16"}`` (fp16 only on CUDA)."""
-    if amp == "none":
-        return nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class Hook:

@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["decode_utf8", "open_regular", "read_bytes", "read_text", "xml_encoding_hint"]
+__all__ = ["decode_utf8", "file_kind", "open_regular", "read_bytes", "read_text", "xml_encoding_hint"]
 
 _KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -31,7 +31,8 @@ _KINDS = (
 )
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words (``"a named pipe (FIFO)"``), from its ``st_mode``."""
     return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
@@ -47,7 +48,7 @@ def open_regular(path: str | Path) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise OSError(f"not a regular file: {_kind(mode)}")
+            raise OSError(f"not a regular file: {file_kind(mode)}")
         return open(fd, "rb", closefd=True)  # (O_NONBLOCK has no effect on the reads of a regular file)
     except BaseException:
         os.close(fd)

@@ -9,7 +9,7 @@ first and last stages not repeated more with the depth. The variants scale width
 ``(1.1, 1.2, 260, 0.3)``); channels round as TF's ``round_filters`` (:func:`~multibox.models.mobilenet.make_divisible`),
 repeats as ``ceil(depth * r)``. BatchNorm: TF's ``epsilon=1e-3, momentum=0.99``, i.e. torch ``momentum=0.01``.
 The lite checkpoints were trained on ``(x - 127) / 128`` (``MEAN_RGB``/``STDDEV_RGB`` of the builder, "inception-style
-for better post-quantization"): :data:`LITE_MEAN`, :data:`LITE_STD`.
+for better post-quantization"): :data:`multibox.preprocess.LITE_MEAN`, :data:`~multibox.preprocess.LITE_STD`.
 
 TF pads its convolutions "same": the output is ``ceil(size / stride)`` and the total padding
 ``k - s + (-size mod s)`` splits with the extra pixel on the bottom/right. For stride 1 and odd ``k`` that is the
@@ -43,7 +43,6 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multibox.models.convert import LoadReport, load_renamed
 from multibox.models.mobilenet import (
     SSDLITE_EXTRAS,
     SSDLiteHead,
@@ -54,14 +53,14 @@ from multibox.models.mobilenet import (
 )
 from multibox.models.ssd import SSD
 from multibox.models.zoo import register_model, resolve_prior_spec
+from multibox.preprocess import LITE_MEAN, LITE_STD
 from multibox.priors import PriorSpec
+from multibox.weights.rename import LoadReport, load_renamed
 
 __all__ = [
     "B0_STAGES",
     "BN_EPS",
     "BN_MOMENTUM",
-    "LITE_MEAN",
-    "LITE_STD",
     "VARIANTS",
     "ConvBNAct",
     "EfficientNetLite",
@@ -83,10 +82,6 @@ __all__ = [
 #: TF's BatchNorm ``epsilon=1e-3, momentum=0.99``; torch's momentum weighs the new batch: ``1 - 0.99``.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
-
-#: RGB mean and std in 0-255 units of the lite checkpoints (``efficientnet_lite_builder.py``: 127 and 128).
-LITE_MEAN: tuple[float, float, float] = (127.0, 127.0, 127.0)
-LITE_STD: tuple[float, float, float] = (128.0, 128.0, 128.0)
 
 #: EfficientNet-B0 stages (Table 1; TF's block strings ``r1_k3_s11_e1_i32_o16`` ...):
 #: ``(repeats, kernel, stride, expansion, out channels)``. Stem: 3x3/s2 conv to 32; head: 1x1 conv to 1280.
@@ -431,7 +426,7 @@ def load_imagenet_efficientnet_lite(
         state_dict: the weights themselves instead of a file.
 
     Returns:
-        :class:`~multibox.models.convert.LoadReport` (the package keys loaded and those ignored).
+        :class:`~multibox.weights.rename.LoadReport` (the package keys loaded and those ignored).
 
     Raises:
         ImportError: ``path`` and ``state_dict`` are None and the weights package is not installed.

@@ -1,7 +1,7 @@
 """SSDLite320 on MobileNetV3-Large (Howard et al. 2019, "Searching for MobileNetV3", arXiv:1905.02244, §6.3).
 
 The backbone is MobileNetV3-Large (Table 1) with torchvision's module layout, so that torchvision's ImageNet
-weights load by name (:func:`load_torchvision_mobilenet_v3_large`):
+weights load by name (:func:`multibox.weights.imagenet.load_torchvision_mobilenet_v3_large`):
 
 ==================================  ===========================================================================
 key                                 what
@@ -32,18 +32,16 @@ classifier does not, so ImageNet weights load into ``reduce_tail=False`` models 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multibox.models.convert import LoadReport, load_renamed
-from multibox.models.ssd import SSD, _flatten_predictions, check_num_classes
-from multibox.models.tiny import IMAGENET_MEAN, IMAGENET_STD
+from multibox.models.heads import PredictionHead
+from multibox.models.ssd import SSD
 from multibox.models.zoo import register_model, resolve_prior_spec
+from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from multibox.priors import PriorSpec, paper_scales
-from multibox.structures import Prediction
 
 __all__ = [
     "BN_EPS",
@@ -57,7 +55,6 @@ __all__ = [
     "SqueezeExcite",
     "conv_bn_act",
     "extra_block",
-    "load_torchvision_mobilenet_v3_large",
     "make_divisible",
     "ssdlite320_mobilenet_v3",
     "ssdlite_prior_spec",
@@ -278,11 +275,11 @@ class MobileNetV3Backbone(nn.Module):
         return sources
 
 
-class SSDLiteHead(nn.Module):
+class SSDLiteHead(PredictionHead):
     """SSDLite predictors (MobileNetV2 paper §6.2): per map, a 3x3 depthwise conv + BatchNorm + ReLU6, then 1x1.
 
     Map ``k`` with ``K_k`` priors per cell gets ``loc[k]: C_k -> K_k * 4`` and ``conf[k]: C_k -> K_k * C``; the
-    outputs are flattened in the same order as :class:`~multibox.models.ssd.MultiboxHead`'s.
+    outputs are flattened as every :class:`~multibox.models.heads.PredictionHead`'s.
 
     Args:
         in_channels: channels of each source map (measured on the backbone).
@@ -291,15 +288,7 @@ class SSDLiteHead(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int) -> None:
-        super().__init__()
-        if len(in_channels) != len(boxes_per_location):
-            raise ValueError(f"{len(in_channels)} source maps but {len(boxes_per_location)} boxes-per-location entries")
-        self.num_classes = check_num_classes(num_classes)
-        self.boxes_per_location = [int(k) for k in boxes_per_location]
-        pairs = list(zip(in_channels, self.boxes_per_location, strict=True))
-        self.loc = nn.ModuleList(self._predictor(c, k * 4) for c, k in pairs)
-        self.conf = nn.ModuleList(self._predictor(c, k * num_classes) for c, k in pairs)
-        self.init_weights()
+        super().__init__(in_channels, boxes_per_location, num_classes, self._predictor)
 
     @staticmethod
     def _predictor(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -310,16 +299,6 @@ class SSDLiteHead(nn.Module):
     def init_weights(self) -> None:
         """``N(0, 0.03)`` conv weights, zero biases (torchvision ``_normal_init``)."""
         _normal_init(self)
-
-    def forward(self, features: Sequence[Tensor]) -> Prediction:
-        """``[Tensor[B, C_k, h_k, w_k]]`` -> ``Prediction(Tensor[B, A, num_classes], Tensor[B, A, 4])``."""
-        if len(features) != len(self.loc):
-            raise ValueError(f"the head has {len(self.loc)} predictors but got {len(features)} feature maps")
-        deltas, logits = [], []
-        for x, loc, conf in zip(features, self.loc, self.conf, strict=True):
-            deltas.append(_flatten_predictions(loc(x), 4))  # (B, K*4, h, w) -> (B, h*w*K, 4)
-            logits.append(_flatten_predictions(conf(x), self.num_classes))  # (B, K*C, h, w) -> (B, h*w*K, C)
-        return Prediction(cls_logits=torch.cat(logits, dim=1), box_deltas=torch.cat(deltas, dim=1))
 
 
 def ssdlite_prior_spec(
@@ -380,44 +359,3 @@ def ssdlite320_mobilenet_v3(
     backbone = MobileNetV3Backbone(width_mult=width_mult, reduce_tail=reduce_tail)
     name = "ssdlite320_mobilenet_v3"
     return SSD(backbone, num_classes, image_size, spec, mean=mean, std=std, name=name, make_head=SSDLiteHead)
-
-
-def load_torchvision_mobilenet_v3_large(
-    model: SSD | MobileNetV3Backbone, state_dict: Mapping[str, Tensor]
-) -> LoadReport:
-    """Load torchvision's ImageNet ``mobilenet_v3_large`` weights into the backbone (not the extras or heads).
-
-    ``features.*`` keys load by name onto ``backbone.features``; ``classifier.*`` (the ImageNet classifier) is
-    ignored. Every shape is checked before anything is copied.
-
-    Args:
-        model: an SSD built by :func:`ssdlite320_mobilenet_v3` with ``reduce_tail=False`` (and the width multiplier
-            of the weights), or its backbone.
-        state_dict: e.g. ``torch.load("mobilenet_v3_large-8738ca79.pth")``.
-
-    Returns:
-        :class:`~multibox.models.convert.LoadReport` (loaded and ignored torchvision keys).
-
-    Raises:
-        ValueError: naming the key and the expected and found shapes on a mismatch (a ``reduce_tail=True`` model
-            fails on ``features.13.block.3``), the missing keys of a truncated state dict, or a key that is not
-            torchvision MobileNetV3-Large's.
-    """
-    backbone = model.backbone if isinstance(model, SSD) else model
-    if not isinstance(backbone, MobileNetV3Backbone):
-        raise TypeError(f"expected an ssdlite320_mobilenet_v3 model or its backbone, got {type(backbone).__name__}")
-
-    def rename(key: str) -> str | None:
-        if key.startswith("classifier."):
-            return None
-        if key.startswith("features."):
-            return key
-        raise ValueError(f"{key!r} is not a torchvision mobilenet_v3_large key (features.* or classifier.*)")
-
-    required = [k for k in backbone.state_dict() if k.startswith("features.")]
-    try:
-        return load_renamed(backbone, state_dict, rename, required, "torchvision mobilenet_v3_large")
-    except ValueError as err:
-        if "do not fit" in str(err) and backbone.reduce_tail:
-            raise ValueError(f"{err}; torchvision's ImageNet weights need reduce_tail=False") from None
-        raise

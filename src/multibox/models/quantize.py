@@ -1,20 +1,18 @@
 """int8 inference on a CPU: static post-training quantization of an SSD's backbone.
 
 The backbone (and its extra layers) is by far the largest part of an SSD's cost, and on CPUs with AVX512-VNNI
-(or AMX) its convolutions run several times faster in int8 than in float32. :func:`quantize_int8` traces the
-backbone with ``torch.fx``, observes the activation ranges on calibration images, and converts it to quantized
-modules (per-channel int8 weights, uint8 activations, ``torch.backends.quantized.engine``'s kernels); layers
-without a quantized kernel (the L2Norm of conv4_3, for instance) run in float between dequantize/quantize steps.
+(or AMX) its convolutions run faster in int8 than in float32 (``multibox bench --int8`` measures it).
+:func:`quantize_int8` traces the backbone with ``torch.fx``, observes the activation ranges on calibration images,
+and converts it to quantized modules (per-channel int8 weights, uint8 activations,
+``torch.backends.quantized.engine``'s kernels); layers without a quantized kernel (the L2Norm of conv4_3, for
+instance) run in float between dequantize/quantize steps.
 The head stays in float32, so the class scores and box offsets carry the backbone's rounding only.
 
 Activations are observed with the full 8 bits on CPUs with VNNI or AMX: torch's x86 configuration uses 7 bits
 (``reduce_range=True``), because the pre-VNNI instruction (``vpmaddubsw``) adds pairs of products in 16 bits and
-could saturate with 8-bit inputs, while VNNI's ``vpdpbusd`` accumulates in 32 bits. Measured on a trained
-SSD300-ResNet50 (VOC07 mAP on 200 held-out shapes images, fp32 0.4847): int8 with torch's 7 bits 0.4704, with 8
-bits 0.4835; agreement of the int8 detections with the fp32 ones 0.962 -> 0.983 on 128 images
-(``benchmarks/int8_variants.py``). On the demo's model: agreement 0.9926 -> 0.9994, relative error of the class
-logits 0.045 -> 0.022, mAP within 0.001 of fp32 either way. Which layers' rounding costs the most on given weights
-(candidates for ``keep_float``): ``benchmarks/int8_sensitivity.py``.
+could saturate with 8-bit inputs, while VNNI's ``vpdpbusd`` accumulates in 32 bits; the accuracy of 7 against 8
+bits on trained models is in ``benchmarks/README.md`` (``benchmarks/int8_variants.py``). Which layers' rounding
+costs the most on given weights (candidates for ``keep_float``): ``benchmarks/int8_sensitivity.py``.
 
 torch 2.13 marks its FX quantization API as deprecated in favour of the ``torchao`` package; it is complete and
 stable in the pinned version, and this module keeps its warnings out of the user's output.
@@ -96,9 +94,9 @@ def quantize_int8(
         calibration: ``Tensor[N, 3, H, W]`` float images normalised as the model expects (``model.preprocess``),
             representative of the data; the activation ranges are observed on them. A few dozen are plenty.
         max_error: the largest relative L2 error of any feature map on the calibration images that is accepted. A
-            guard against a broken quantization (activations below the int8 step, say), not an accuracy test: an
-            SSD300-ResNet50 whose worst int8 map was 20-30% off lost 0.001-0.014 mAP (8- or 7-bit activations);
-            judge the detections (``multibox bench``'s agreement column, ``multibox eval --int8``).
+            guard against a broken quantization (activations below the int8 step, say), not an accuracy test (a map
+            far off can still give good detections, see ``benchmarks/README.md``); judge the detections
+            (``multibox bench``'s agreement column, ``multibox eval --int8``).
         batch_size: calibration batch size.
         eight_bit, keep_float: see :func:`int8_qconfig_mapping` (defaults: 8-bit activations where the CPU has
             VNNI, nothing kept in float).

@@ -20,7 +20,8 @@ cell from :data:`~multibox.priors.COCO300` (NVIDIA's ``dboxes300_coco``: scales 
 steps 8, 16, 32, 64, 100, 300, which are ssd.pytorch's COCO values); 8732 priors; 3x3 conv heads.
 
 The module names are torchvision's (``conv1``, ``bn1``, ``layer1..3.N.{conv,bn}{1,2,3}``, ``downsample.{0,1}``), so
-torchvision's ImageNet ResNet-50 loads by name (:func:`load_torchvision_resnet50`). NVIDIA's own checkpoints differ
+torchvision's ImageNet ResNet-50 loads by name (:func:`multibox.weights.imagenet.load_torchvision_resnet50`).
+NVIDIA's own checkpoints differ
 beyond the names: their priors run size-major within a map (all cells for one box shape, then the next) and their
 head channels are coordinate-major (``view(B, 4, -1)``), where ours follow ssd.pytorch (cell-major, ``K*4 + c``), so
 their heads would need a channel permutation; that conversion is not provided.
@@ -28,17 +29,16 @@ their heads would need a channel permutation; that conversion is not provided.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from multibox.models.convert import LoadReport, load_renamed
 from multibox.models.ssd import SSD
-from multibox.models.tiny import IMAGENET_MEAN, IMAGENET_STD
 from multibox.models.zoo import register_model, resolve_prior_spec
+from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from multibox.priors import COCO300, PriorSpec
 
-__all__ = ["RESNET50_EXTRAS300", "RESNET50_LAYERS", "Bottleneck", "ResNet50Backbone", "load_torchvision_resnet50",
+__all__ = ["RESNET50_EXTRAS300", "RESNET50_LAYERS", "Bottleneck", "ResNet50Backbone",
            "ssd300_resnet50"]  # fmt: skip
 
 #: Blocks per stage of ResNet-50 (Table 1: conv2_x, conv3_x, conv4_x; conv5_x is dropped).
@@ -182,39 +182,3 @@ def ssd300_resnet50(
     """
     spec = resolve_prior_spec(prior_spec)
     return SSD(ResNet50Backbone(), num_classes, image_size, spec, mean=mean, std=std, name="ssd300_resnet50")
-
-
-_TRUNK = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
-
-
-def load_torchvision_resnet50(model: SSD | ResNet50Backbone, state_dict: Mapping[str, Tensor]) -> LoadReport:
-    """Load torchvision's ImageNet ``resnet50`` weights into conv1..conv4_x of the backbone.
-
-    ``conv1``, ``bn1`` and ``layer1..3`` load by name; ``layer4.*`` (conv5_x, not part of this detector) and
-    ``fc.*`` (the classifier) are ignored. The extras and the heads keep their initialisation. Strides carry no
-    weights, so conv4_x at stride 1 takes the classifier's weights unchanged.
-
-    Args:
-        model: an SSD built by :func:`ssd300_resnet50`, or its backbone.
-        state_dict: e.g. ``torch.load("resnet50-0676ba61.pth")`` (either of torchvision's ImageNet weights).
-
-    Returns:
-        :class:`~multibox.models.convert.LoadReport` (loaded and ignored torchvision keys).
-
-    Raises:
-        ValueError: naming the key and the expected and found shapes on a mismatch, the missing keys of a
-            truncated state dict, or a key that is not torchvision ResNet-50's.
-    """
-    backbone = model.backbone if isinstance(model, SSD) else model
-    if not isinstance(backbone, ResNet50Backbone):
-        raise TypeError(f"expected an ssd300_resnet50 model or its backbone, got {type(backbone).__name__}")
-
-    def rename(key: str) -> str | None:
-        if key.startswith(("fc.", "layer4.")):
-            return None
-        if key.startswith(_TRUNK):
-            return key
-        raise ValueError(f"{key!r} is not a torchvision resnet50 key (conv1, bn1, layer1..4, fc)")
-
-    required = [k for k in backbone.state_dict() if k.startswith(_TRUNK)]
-    return load_renamed(backbone, state_dict, rename, required, "torchvision resnet50")

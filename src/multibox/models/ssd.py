@@ -5,8 +5,8 @@ An :class:`SSD` is composed of
 * ``backbone``: any ``nn.Module`` mapping ``Tensor[B, 3, H, W]`` to a list of source feature maps
   ``[Tensor[B, C_k, h_k, w_k], ...]`` (VGG16 + extras in :mod:`multibox.models.vgg`, a small net in
   :mod:`multibox.models.tiny`);
-* ``head``: a :class:`MultiboxHead`, one 3x3 ``loc`` and one 3x3 ``conf`` convolution per source map (§2.1
-  "Convolutional predictors for detection");
+* ``head``: a :class:`~multibox.models.heads.MultiboxHead`, one 3x3 ``loc`` and one 3x3 ``conf`` convolution per
+  source map (§2.1 "Convolutional predictors for detection");
 * ``priors``: the default boxes, a non-persistent buffer derived from the input size and the feature-map sizes.
 
 Nothing about the feature maps is configured: at construction the backbone is run once on an input of the
@@ -21,6 +21,7 @@ and the post-processing are separate functions. Preprocessing (input size, mean,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,60 +30,25 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from multibox.models.heads import MultiboxHead, check_num_classes
+from multibox.preprocess import to_hw
 from multibox.priors import PriorSpec
 from multibox.structures import Prediction
 
 __all__ = [
     "SSD",
-    "MultiboxHead",
     "Preprocess",
-    "check_num_classes",
     "measure_feature_maps",
     "min_input_size",
-    "to_hw",
 ]
 
 # The largest side the minimum-input-size search tries before it gives up.
 _MAX_SEARCH_SIZE = 8192
 
 
-def check_num_classes(num_classes: object) -> int:
-    """Validate a class count that includes the background (class 0); returns it as an int.
-
-    Raises:
-        ValueError: unless ``num_classes`` is an int >= 2 (background plus at least one object class).
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"num_classes must be an int >= 2 that counts the background as class 0 "
-            f"(e.g. 21 for PASCAL VOC's 20 classes, 81 for COCO's 80), got {num_classes!r}"
-        )
-    return num_classes
-
-
-def to_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """An input size as ``(H, W)``; an int means a square input.
-
-    Raises:
-        ValueError: unless the size is one positive int or two.
-    """
-    if isinstance(image_size, bool):
-        raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}")
-    if isinstance(image_size, int):
-        hw: tuple[Any, ...] = (image_size, image_size)
-    else:
-        try:
-            hw = tuple(image_size)
-        except TypeError:
-            raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}") from None
-    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
-        raise ValueError(f"image_size must be a positive int or a pair (H, W) of positive ints, got {image_size!r}")
-    return int(hw[0]), int(hw[1])
-
-
 @dataclass(frozen=True)
 class Preprocess:
-    """What the model expects of its input; stored with the weights (DESIGN.md §7).
+    """What the model expects of its input; stored with the weights.
 
     Images are RGB float tensors in 0-255 pixel units, resized to ``image_size`` outside the model, then
     normalised as ``(x - mean) / std`` per channel.
@@ -103,6 +69,8 @@ class Preprocess:
             value = tuple(float(v) for v in getattr(self, field))
             if len(value) != 3:
                 raise ValueError(f"Preprocess.{field} must have 3 values (R, G, B), got {value}")
+            if not all(math.isfinite(v) for v in value):
+                raise ValueError(f"Preprocess.{field} must be finite numbers, got {value}")
             object.__setattr__(self, field, value)
         if any(s <= 0 for s in self.std):
             raise ValueError(f"Preprocess.std must be positive, got {self.std}")
@@ -242,75 +210,6 @@ def measure_feature_maps(
     return [(h, w) for _, h, w in shapes], [c for c, _, _ in shapes]
 
 
-class MultiboxHead(nn.Module):
-    """One 3x3 ``loc`` and one 3x3 ``conf`` convolution per source map (§2.1; ssd.pytorch's ``multibox``).
-
-    Map ``k`` with ``K_k`` priors per location gets ``loc[k]: C_k -> K_k * 4`` and ``conf[k]: C_k -> K_k * C``.
-
-    Args:
-        in_channels: channels of each source map (measured on the backbone).
-        boxes_per_location: priors per cell of each map (from the prior spec).
-        num_classes: classes including the background.
-        kernel_size: the predictor's kernel, 3 in the paper.
-    """
-
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        boxes_per_location: Sequence[int],
-        num_classes: int,
-        kernel_size: int = 3,
-    ) -> None:
-        super().__init__()
-        if len(in_channels) != len(boxes_per_location):
-            raise ValueError(f"{len(in_channels)} source maps but {len(boxes_per_location)} boxes-per-location entries")
-        self.num_classes = check_num_classes(num_classes)
-        self.boxes_per_location = [int(k) for k in boxes_per_location]
-        pad = kernel_size // 2
-        self.loc = nn.ModuleList(
-            nn.Conv2d(c, k * 4, kernel_size, padding=pad)
-            for c, k in zip(in_channels, self.boxes_per_location, strict=True)
-        )
-        self.conf = nn.ModuleList(
-            nn.Conv2d(c, k * num_classes, kernel_size, padding=pad)
-            for c, k in zip(in_channels, self.boxes_per_location, strict=True)
-        )
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """Xavier-uniform weights and zero biases (ssd.pytorch ``train.py``: ``weights_init``)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, features: Sequence[Tensor]) -> Prediction:
-        """Predict class logits and box offsets for every prior.
-
-        Args:
-            features: the source maps ``Tensor[B, C_k, h_k, w_k]``.
-
-        Returns:
-            ``Prediction(cls_logits Tensor[B, A, num_classes], box_deltas Tensor[B, A, 4])`` with
-            ``A = sum_k h_k w_k K_k`` in ssd.pytorch's order: map, row ``i``, column ``j``, prior of the cell.
-        """
-        if len(features) != len(self.loc):
-            raise ValueError(f"the head has {len(self.loc)} predictors but got {len(features)} feature maps")
-        deltas, logits = [], []
-        for x, loc, conf in zip(features, self.loc, self.conf, strict=True):
-            deltas.append(_flatten_predictions(loc(x), 4))
-            logits.append(_flatten_predictions(conf(x), self.num_classes))
-        return Prediction(cls_logits=torch.cat(logits, dim=1), box_deltas=torch.cat(deltas, dim=1))
-
-
-def _flatten_predictions(y: Tensor, k: int) -> Tensor:
-    """``(B, A_k*K, h, w) -> (B, h*w*A_k, K)`` in ssd.pytorch's order (``permute(0, 2, 3, 1)``, then flatten)."""
-    y = y.permute(0, 2, 3, 1)  # (B, A_k*K, h, w) -> (B, h, w, A_k*K)
-    y = y.flatten(1, 2)  # (B, h, w, A_k*K) -> (B, h*w, A_k*K)
-    y = y.unflatten(2, (-1, k))  # (B, h*w, A_k*K) -> (B, h*w, A_k, K)
-    return y.flatten(1, 2)  # (B, h*w, A_k, K) -> (B, h*w*A_k, K)
-
-
 class SSD(nn.Module):
     """Single Shot MultiBox Detector (Liu et al. 2016, §2.1, Fig. 2).
 
@@ -324,8 +223,9 @@ class SSD(nn.Module):
         name: the registry name, if built by a registered builder.
         make_head: builds the head from the measured ``(in_channels, boxes_per_location, num_classes)``; the head maps
             the source maps to a :class:`~multibox.structures.Prediction` in the prior order and has
-            ``boxes_per_location`` and ``init_weights()``. :class:`MultiboxHead` (3x3 convolutions) by default;
-            SSDLite passes its separable head (:class:`multibox.models.mobilenet.SSDLiteHead`).
+            ``boxes_per_location`` and ``init_weights()``. :class:`~multibox.models.heads.MultiboxHead` (3x3
+            convolutions) by default; SSDLite passes its separable head
+            (:class:`multibox.models.mobilenet.SSDLiteHead`).
 
     Attributes:
         num_classes: classes including the background.
@@ -336,7 +236,7 @@ class SSD(nn.Module):
         preprocess: :class:`Preprocess` (image size, mean, std).
         priors: buffer ``Tensor[A, 4]`` cxcywh in [0, 1] (not in the state dict: it is derived).
         backbone: the backbone module.
-        head: the head (a :class:`MultiboxHead` unless another was given).
+        head: the head (a :class:`~multibox.models.heads.MultiboxHead` unless another was given).
         head_fp32: under autocast, run the head in float32 on float32 features (False by default). The inference
             fast path sets it: the heads are a few percent of the FLOPs, and the class scores then carry only the
             backbone's rounding, not a second bf16 rounding of the logits themselves.

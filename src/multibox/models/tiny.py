@@ -21,13 +21,10 @@ from torch import Tensor, nn
 
 from multibox.models.ssd import SSD
 from multibox.models.zoo import register_model, resolve_prior_spec
+from multibox.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from multibox.priors import PriorSpec, paper_scales
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TinyBackbone", "down_block", "ssd_tiny", "tiny_prior_spec"]
-
-#: ImageNet RGB statistics in 0-255 units.
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+__all__ = ["TinyBackbone", "down_block", "ssd_tiny", "tiny_prior_spec"]
 
 
 def tiny_prior_spec(num_maps: int = 5, size: int = 256, s_min: float = 0.2, s_max: float = 0.9) -> PriorSpec:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from multibox.models.ssd import SSD
 from multibox.models.zoo import register_model, resolve_prior_spec
+from multibox.preprocess import VGG_MEAN, VGG_STD
 from multibox.priors import VOC300, VOC512, PriorSpec
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "EXTRAS512",
     "SSD_PYTORCH_PREFIXES",
     "VGG16_CFG",
-    "VGG_MEAN",
-    "VGG_STD",
     "L2Norm",
     "VGG16Base",
     "make_extras",
@@ -77,11 +76,6 @@ EXTRAS512: tuple[tuple[int, int, int, int], ...] = (
     (128, 1, 1, 0), (256, 3, 2, 1),  # conv11: 4 -> 2
     (128, 1, 1, 0), (256, 4, 1, 1),  # conv12: 2 -> 1
 )  # fmt: skip
-
-#: RGB mean in 0-255 units: ssd.pytorch's ``MEANS = (104, 117, 123)`` is BGR; our images are RGB.
-VGG_MEAN: tuple[float, float, float] = (123.0, 117.0, 104.0)
-#: Caffe VGG16 inputs are not divided by a std.
-VGG_STD: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 #: ssd.pytorch state-dict prefix -> multibox prefix (see the module docstring).
 SSD_PYTORCH_PREFIXES: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""A small registry of model builders (DESIGN.md §5; like torchvision ``_api.py`` and timm ``_registry.py``).
+"""A small registry of model builders (like torchvision ``_api.py`` and timm ``_registry.py``).
 
 A builder is a function ``builder(num_classes, *, image_size=..., ...) -> SSD`` that spells out the paper's
 defaults in its signature. ``@register_model`` records it under its function name; :func:`create_model` looks it up
@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from multibox.models.ssd import SSD, check_num_classes
+from multibox.models.heads import check_num_classes
+from multibox.models.ssd import SSD
 from multibox.priors import PRIOR_PRESETS, PriorSpec
 
 __all__ = [

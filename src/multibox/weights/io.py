@@ -1,10 +1,9 @@
-"""Checkpoints: atomic, checksummed writes, safe loading, full training state including every RNG.
+"""Weight files: atomic, checksummed ``.pt`` writes, safe loading, ``.safetensors`` both ways.
 
-A checkpoint is a dict of tensors and plain Python values (no pickled classes), so that it loads with
+A file is a dict of tensors and plain Python values (no pickled classes), so that it loads with
 ``torch.load(..., weights_only=True)``: a file that would run code when unpickled is refused, and nothing in it
-runs. It holds the model's state and build arguments (so that the network can be rebuilt without the config), the
-preprocessing (mean, std, input size) and class names that travel with the weights, and, for resuming, the
-optimizer, scheduler, grad scaler, step and RNG states.
+runs. What a multibox checkpoint holds is defined in :mod:`multibox.weights.checkpoint`; this module reads and
+writes any such dict (also the foreign weights the converters read).
 
 Integrity. :func:`save_checkpoint` stores ``model_sha256``, a SHA-256 over the model state's names, dtypes, shapes
 and bytes (:func:`state_dict_sha256`), and :func:`load_checkpoint` checks it: torch's zip container does not notice
@@ -24,9 +23,9 @@ import hashlib
 import json
 import os
 import pickle
-import random
 import re
 import socket
+import stat
 import tempfile
 import time
 import warnings
@@ -34,20 +33,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from multibox.files import write_error
+from multibox.files import OutputWriteError, write_error
+from multibox.io.regular import file_kind
 
 __all__ = [
-    "CHECKPOINT_VERSION",
     "ORPHAN_AGE_S",
     "CheckpointError",
-    "capture_rng_state",
     "load_checkpoint",
     "load_safetensors",
-    "model_checkpoint",
-    "restore_rng_state",
     "save_checkpoint",
     "save_safetensors",
     "state_dict_sha256",
@@ -55,9 +50,6 @@ __all__ = [
 ]
 
 
-#: The version of the checkpoint layout written by :func:`model_checkpoint` (absent in older checkpoints: 0;
-#: 2 adds ``model_sha256``).
-CHECKPOINT_VERSION = 2
 #: Temporary files of unknown writers older than this (seconds) are orphans of a killed write.
 ORPHAN_AGE_S = 3600.0
 
@@ -65,67 +57,6 @@ ORPHAN_AGE_S = 3600.0
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, refused (code in it), corrupt, non-finite, or not fitting the model;
     the message names the file."""
-
-
-def model_checkpoint(
-    model: torch.nn.Module, classes: list[str] | tuple[str, ...], config: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    """What inference needs of a trained model: weights, build arguments, preprocessing, class names (and config).
-
-    Args:
-        model: an SSD built by a registered builder (``model.config_dict()`` rebuilds it).
-        classes: the foreground class names, label ``k`` is ``classes[k - 1]``.
-        config: the training config as plain dicts, if any.
-        **extra: further plain entries (the training state of a ``last.pt``, the metrics of a ``best.pt``).
-
-    Returns:
-        ``{"format_version", "model", "model_args", "preprocess", "classes", ["config"], ...}``; saving adds
-        ``"model_sha256"``.
-    """
-    ckpt: dict[str, Any] = {
-        "format_version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
-        "model_args": model.config_dict(),
-        "preprocess": model.preprocess.to_dict(),
-        "classes": list(classes),
-    }
-    if config is not None:
-        ckpt["config"] = config
-    ckpt.update(extra)
-    return ckpt
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The state of Python's, NumPy's and torch's (CPU and CUDA) generators, as tensors and ints."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the legacy global state is what users seed
-    state: dict[str, Any] = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Undo :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def state_dict_sha256(state: Mapping[str, Any]) -> str:
@@ -255,12 +186,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: (a ``ValueError``) the file is truncated or not a torch checkpoint, holds something other
-            than a dict, would run code when unpickled, fails its checksum or has NaN/infinite weights.
+        CheckpointError: (a ``ValueError``) the file is not a regular file, is truncated or not a torch checkpoint,
+            holds something other than a dict, would run code when unpickled, fails its checksum or has
+            NaN/infinite weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    if not stat.S_ISREG(mode):  # a named pipe would block the read forever
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint: not a regular file: {file_kind(mode)}")
     if path.suffix == ".safetensors":
         ckpt = load_safetensors(path)
     else:
@@ -310,7 +246,11 @@ def verify_checkpoint(ckpt: Mapping[str, Any], source: str | Path = "checkpoint"
 def save_safetensors(
     path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
-    """Save weights as safetensors (metadata: string to string, e.g. the JSON of the model's build arguments)."""
+    """Save weights as safetensors (metadata: string to string, e.g. the JSON of the model's build arguments).
+
+    Raises:
+        multibox.files.OutputWriteError: (an ``OSError``) the file cannot be written; the message names it.
+    """
     try:
         from safetensors.torch import save_file
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -318,9 +258,14 @@ def save_safetensors(
             "saving safetensors needs the 'safetensors' package: pip install 'multibox[safetensors]'"
         ) from e
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata=metadata or {})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata or {})
+    except OSError as e:
+        raise write_error(path, e, "safetensors file") from e
+    except Exception as e:  # safetensors' own error for a failed write (SafetensorError: "I/O error: ...")
+        raise OutputWriteError(f"cannot write safetensors file {path}: {e}") from e
     return path
 
 
