@@ -36,8 +36,9 @@ def make_checkpoint(model_name: str, folder: Path) -> Path:
     """A seeded checkpoint of a registered model (21 classes) whose detection head is untrained."""
     import torch
 
-    from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
     from multibox.models import create_model
+    from multibox.weights.checkpoint import model_checkpoint
+    from multibox.weights.io import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(model_name, 21).eval()  # the builder's defaults: an SSDLite gets its ImageNet backbone

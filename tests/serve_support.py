@@ -16,8 +16,9 @@ import torch
 import uvicorn
 from PIL import Image
 
-from multibox.engine.checkpoint import model_checkpoint, save_checkpoint
 from multibox.models import create_model
+from multibox.weights.checkpoint import model_checkpoint
+from multibox.weights.io import save_checkpoint
 
 CLASSES = ["circle", "square"]
 

@@ -197,7 +197,7 @@ def decode_image_bytes(data: bytes, source: str, max_side: int | None = None) ->
         problem = image_problem(data)
         if problem is not None:
             raise OSError(problem)
-        with open_image(io.BytesIO(data), path) as img:
+        with open_image(io.BytesIO(data), source) as img:
             if ImageFile.LOAD_TRUNCATED_IMAGES and sniff_format(data[:8]) is None:
                 warnings.warn(_TRUNCATED_SETTING_WARNING.format(fmt=img.format), stacklevel=3)
             info = ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)

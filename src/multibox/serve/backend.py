@@ -1,20 +1,20 @@
 """A checkpoint or an exported ONNX file as a batch detector for the server.
 
-This is the server's only door into the inference runtime (loading a detector, choosing its fast path, running
-it): ``prepare`` turns one decoded image into the network's input (on a request's thread), ``run`` takes a batch of
-them (on the inference thread) and returns detections in each image's pixels.
+This is the server's only door into the inference runtime (:mod:`multibox.runtime`: loading a detector,
+preparing its fast path, running it): a backend's ``prepare`` turns one decoded image into the network's input (on
+a request's thread), its ``run`` takes a batch of them (on the inference thread) and returns detections in each
+image's pixels.
 
-``fast`` on a checkpoint picks the fastest path that agrees with float32 on synthetic images (VOC AP of the path's
+``fast`` on a checkpoint picks the first path that agrees with float32 on synthetic images (VOC AP of the path's
 detections against fp32's, :func:`multibox.engine.bench.path_agreement`, at least :data:`MIN_AGREEMENT`): the int8
-backbone on the CPU, then bf16 autocast where the device supports it (AMP on CUDA), then channels_last with
-BatchNorm folded; float32 when none agrees.
+backbone on the CPU, then :func:`multibox.runtime.fastest_path` (bf16 autocast where the device supports it, AMP on
+CUDA, else channels_last with BatchNorm folded); float32 when none agrees.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from multibox.engine.bench import fast_path, path_agreement
-from multibox.engine.builders import resolve_device
-from multibox.engine.inference import load_detector
+from multibox.engine.bench import path_agreement
 from multibox.postprocess import postprocess
+from multibox.runtime import Runner, fastest_path, load_detector, prepare, resolve_device
 from multibox.structures import Detections
 
 __all__ = ["MIN_AGREEMENT", "Backend", "ModelInfo", "OnnxBackend", "TorchBackend", "choose_fast_path", "load_backend"]
@@ -94,38 +93,34 @@ def _synthetic_inputs(model: nn.Module, n: int, seed: int) -> Tensor:
     return torch.stack([transform(shapes[i][0], _EMPTY_BOXES, _EMPTY_LABELS, None)[0] for i in range(n)])
 
 
-def _detections(net: Callable[[Tensor], Any], ctx: Callable[[], Any], cl: bool, x: Tensor, priors: Tensor) -> list:
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), ctx():
-        pred = net(x)
-    dets = postprocess(pred, priors)
+def _detections(runner: Runner, x: Tensor, priors: Tensor) -> list[Detections]:
+    with torch.inference_mode():
+        dets = postprocess(runner(x), priors)
     return [Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu()) for d in dets]
 
 
-def choose_fast_path(model: nn.Module, device: torch.device) -> tuple[Any, Callable[[], Any], bool, str, float | None]:
-    """``(net, autocast context factory, channels_last, path name, agreement)``: the first of int8 (CPU), the
-    device's fast path (bf16 where supported, else channels_last) that agrees with fp32; fp32 itself otherwise."""
+def choose_fast_path(model: nn.Module, device: torch.device) -> tuple[Runner, float | None]:
+    """``(runner, agreement with fp32)``: the first of int8 (CPU) and the device's fastest path
+    (:func:`multibox.runtime.fastest_path`: bf16 where supported, else channels_last) that agrees with fp32 on
+    synthetic images; the fp32 model itself (agreement None) when none does."""
     model = model.to(device).eval()
     check = _synthetic_inputs(model, 16, seed=123).to(device)
     priors = model.priors.to(device)
-    reference = _detections(model, nullcontext, False, check, priors)
-    candidates = []
-    if device.type == "cpu":
-        candidates.append(lambda: fast_path(model, device, int8_calibration=_synthetic_inputs(model, 32, seed=321)))
-    candidates.append(lambda: fast_path(model, device))
-    for build in candidates:
+    reference = _detections(Runner(model), check, priors)
+    candidates = ["int8", fastest_path(device)] if device.type == "cpu" else [fastest_path(device)]
+    for path in candidates:
         try:
-            net, ctx, cl, name = build()
+            calibration = _synthetic_inputs(model, 32, seed=321) if path == "int8" else None
+            runner = prepare(model, device, path, calibration)
         except ValueError as e:  # e.g. the int8 quantization guard
-            warnings.warn(f"serve: not using a fast path: {e}", stacklevel=2)
+            warnings.warn(f"serve: not using the {path} path: {e}", stacklevel=2)
             continue
-        agreement = path_agreement(reference, _detections(net, ctx, cl, check, priors))
+        agreement = path_agreement(reference, _detections(runner, check, priors))
         if agreement >= MIN_AGREEMENT:
-            return net, ctx, cl, name, agreement
-        warnings.warn(f"serve: the {name} path agrees with fp32 at {agreement:.3f} < {MIN_AGREEMENT}; not using it",
+            return runner, agreement
+        warnings.warn(f"serve: the {path} path agrees with fp32 at {agreement:.3f} < {MIN_AGREEMENT}; not using it",
                       stacklevel=2)  # fmt: skip
-    return model, nullcontext, False, "fp32", None
+    return Runner(model), None
 
 
 class TorchBackend:
@@ -146,16 +141,12 @@ class TorchBackend:
         self.model = model.eval().to(self.device)
         self.priors = self.model.priors.to(self.device)
         self.nms_thresh = nms_thresh
-        agreement = None
-        if fast:
-            self.net, self.ctx, self.channels_last, path, agreement = choose_fast_path(self.model, self.device)
-        else:
-            self.net, self.ctx, self.channels_last, path = self.model, nullcontext, False, "fp32"
+        self.runner, agreement = choose_fast_path(self.model, self.device) if fast else (Runner(self.model), None)
         pre = self.model.preprocess
         self.transform = eval_transform(pre.image_size, pre.mean, pre.std)
         self.info = ModelInfo(
             name=str(getattr(self.model, "name", "")), classes=tuple(classes), input_size=tuple(pre.image_size),
-            runtime=f"torch {path} {self.device}", source=str(weights), agreement=agreement,
+            runtime=f"torch {self.runner.path} {self.device}", source=str(weights), agreement=agreement,
         )  # fmt: skip
 
     def prepare(self, image: Tensor) -> Tensor:
@@ -165,16 +156,12 @@ class TorchBackend:
     @torch.inference_mode()
     def run(self, inputs: Sequence[Tensor], sizes: Sequence[tuple[int, int]], score: float, top_k: int) -> list:
         """See :class:`Backend`."""
-        batch = torch.stack(list(inputs)).to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with self.ctx():
-            pred = self.net(batch)
+        pred = self.runner(torch.stack(list(inputs)).to(self.device))
         dets = postprocess(pred, self.priors, score_thresh=score, nms_thresh=self.nms_thresh, top_k=top_k)
         out = []
         for d, (h, w) in zip(dets, sizes, strict=True):
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            out.append(Detections(d.boxes.float().cpu() * scale, d.scores.float().cpu(), d.labels.cpu()))
+            d = Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu())
+            out.append(d.to_pixels(h, w))
         return out
 
 
