@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import multibox.loss
 from multibox.boxes import box_iou, cxcywh_to_xyxy, encode
-from multibox.loss import background_loss, hard_negative_mask, multibox_loss
+from multibox.loss import background_loss, background_loss_reference, hard_negative_mask, multibox_loss
 from multibox.matching import match, pad_targets
 from multibox.structures import Prediction
 
@@ -57,10 +57,11 @@ def make_problem(seed, sizes=(2, 0, 4), a=400, c=5):
     return pred, targets, priors
 
 
+@pytest.mark.parametrize("mining", ["reference", "fast"])
 @pytest.mark.parametrize("seed", range(4))
-def test_loss_equals_per_image_reference(seed):
+def test_loss_equals_per_image_reference(seed, mining):
     pred, targets, priors = make_problem(seed)
-    out = multibox_loss(pred, targets, priors)
+    out = multibox_loss(pred, targets, priors, mining=mining)
     loc, conf, n_pos = reference_loss(pred.cls_logits, pred.box_deltas, targets, priors)
     assert int(out["num_pos"]) == n_pos > 0
     assert float(out["loc"]) == pytest.approx(loc, rel=1e-5)
@@ -240,3 +241,14 @@ def test_target_checks_need_one_transfer_per_call(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", counting)
     multibox_loss(pred, targets, priors)
     assert calls == [(3,)]
+
+
+def test_the_two_minings_select_the_same_negatives_and_an_unknown_one_is_refused():
+    pred, targets, priors = make_problem(11, sizes=(3, 1), a=600, c=21)
+    ref = background_loss_reference(pred.cls_logits)
+    torch.testing.assert_close(background_loss(pred.cls_logits), ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(ref, -F.log_softmax(pred.cls_logits, -1)[..., 0])
+    fast, slow = (multibox_loss(pred, targets, priors, mining=m) for m in ("fast", "reference"))
+    assert all(torch.allclose(fast[k].float(), slow[k].float(), rtol=1e-6) for k in fast)
+    with pytest.raises(ValueError, match="unknown mining 'sorted'"):
+        multibox_loss(pred, targets, priors, mining="sorted")

@@ -526,3 +526,16 @@ def test_head_fp32_under_autocast():
         expected = model.head([f.float() for f in features])  # the float32 head on the bf16 features
     torch.testing.assert_close(full.cls_logits, expected.cls_logits)
     torch.testing.assert_close(full.box_deltas, expected.box_deltas)
+
+
+def test_the_registry_names_the_model_its_builder_makes() -> None:
+    from multibox.models.ssd import BUILDER_NAME
+    from multibox.models.tiny import TinyBackbone, tiny_prior_spec
+
+    model = create_model("ssd_tiny", 3, image_size=64, width=4)
+    assert model.name == "ssd_tiny" and model.config_dict()["name"] == "ssd_tiny"
+    with pytest.raises(ValueError, match="too small for ssd_tiny"):  # named during the build, before it returns
+        create_model("ssd_tiny", 3, image_size=32)
+    assert BUILDER_NAME.get() is None  # reset after a failed build too
+    bare = SSD(TinyBackbone((4, 8, 16), (32,) * 3), 3, 64, tiny_prior_spec())  # built by hand: no registry name
+    assert bare.name is None

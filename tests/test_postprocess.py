@@ -34,10 +34,11 @@ def make_pred(seed, b=2, a=150, c=4, sharp=3.0):
     return Prediction(torch.randn(b, a, c, generator=g) * sharp, torch.randn(b, a, 4, generator=g) * 0.3), priors
 
 
+@pytest.mark.parametrize("strategy", ["per_class", "shortlist"])
 @pytest.mark.parametrize(("seed", "kw"), [(0, {}), (1, {"pre_nms_top_k": 20, "top_k": 30}), (2, {"score_thresh": 0.3})])
-def test_postprocess_equals_loop_reference(seed, kw):
+def test_postprocess_equals_loop_reference(seed, kw, strategy):
     pred, priors = make_pred(seed)
-    ours = postprocess(pred, priors, **kw)
+    ours = postprocess(pred, priors, strategy=strategy, **kw)
     ref = reference_postprocess(pred, priors, **kw)
     boxes_all = [clip_boxes(decode(pred.box_deltas[i], priors)) for i in range(2)]
     for det, r in zip(ours, ref, strict=True):
@@ -50,21 +51,34 @@ def test_postprocess_equals_loop_reference(seed, kw):
     assert all((d.boxes >= 0).all() and (d.boxes <= 1).all() for d in ours)
 
 
-def test_postprocess_no_detections_above_threshold():
+@pytest.mark.parametrize("strategy", ["per_class", "shortlist"])
+def test_postprocess_no_detections_above_threshold(strategy):
     pred, priors = make_pred(3)
     logits = torch.zeros_like(pred.cls_logits)
     logits[..., 0] = 20.0  # everything is background
-    dets = postprocess(Prediction(logits, pred.box_deltas), priors)
+    dets = postprocess(Prediction(logits, pred.box_deltas), priors, strategy=strategy)
     assert [len(d.scores) for d in dets] == [0, 0]
     assert dets[0].boxes.shape == (0, 4)
 
 
-def test_postprocess_single_object_survives_nms():
+def test_the_reference_strategy_runs_no_shortlist_and_an_unknown_one_is_refused(monkeypatch):
+    calls = count_paths(monkeypatch)
+    pred, priors = make_pred(9, a=300, c=6, sharp=2.0)
+    kw = {"top_k": 10, "pre_nms_top_k": 30}
+    ours = postprocess(pred, priors, strategy="per_class", **kw)
+    assert calls == {"best_pairs": 0, "per_class": 1}
+    assert_matches_reference(ours, reference_postprocess(pred, priors, **kw), pred, priors)
+    with pytest.raises(ValueError, match="unknown post-processing strategy 'fast'"):
+        postprocess(pred, priors, strategy="fast")
+
+
+@pytest.mark.parametrize("strategy", ["per_class", "shortlist"])
+def test_postprocess_single_object_survives_nms(strategy):
     priors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.51, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]])
     logits = torch.full((1, 3, 3), -10.0)
     logits[0, 0, 1], logits[0, 1, 1], logits[0, 2, 2] = 5.0, 4.0, 3.0
     logits[0, :, 0] = 0.0
-    det = postprocess(Prediction(logits, torch.zeros(1, 3, 4)), priors)[0]
+    det = postprocess(Prediction(logits, torch.zeros(1, 3, 4)), priors, strategy=strategy)[0]
     # prior 1 overlaps prior 0 with IoU 0.19/0.21 > 0.45 -> suppressed; prior 2 is class 2
     assert det.labels.tolist() == [1, 2]
     torch.testing.assert_close(det.boxes, torch.tensor([[0.4, 0.4, 0.6, 0.6], [0.15, 0.15, 0.25, 0.25]]))
@@ -113,7 +127,9 @@ def test_class_cap_applies_within_the_best_pairs():
     logits[0, :40, 1] += 12.0
     pred = Prediction(logits, pred.box_deltas)
     kw = {"top_k": 8, "pre_nms_top_k": 5}
-    assert_matches_reference(postprocess(pred, priors, **kw), reference_postprocess(pred, priors, **kw), pred, priors)
+    ref = reference_postprocess(pred, priors, **kw)
+    for strategy in ("per_class", "shortlist"):
+        assert_matches_reference(postprocess(pred, priors, strategy=strategy, **kw), ref, pred, priors)
 
 
 def test_heavy_suppression_falls_back_to_every_candidate(monkeypatch):

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from multibox.io.regular import file_kind
 from multibox.user_input import parse_yaml, short
 
 __all__ = [
@@ -407,6 +408,8 @@ def _read_config_file(name_or_path: str | Path) -> dict[str, Any]:
     path = Path(name_or_path)
     if not path.is_file():
         preset = _preset_dir() / f"{name_or_path}.yaml"
+        if not preset.is_file() and path.exists():  # a named pipe would block the read
+            raise ConfigError(f"{path}: not a regular file: {file_kind(path.stat().st_mode)}")
         if not preset.is_file():
             presets = list_presets()
             raise FileNotFoundError(f"no config file or preset named {short(str(name_or_path))}; presets: {presets}")

@@ -18,7 +18,18 @@ from multibox.boxes import DEFAULT_VARIANCES, encode
 from multibox.matching import match, pad_targets
 from multibox.structures import Prediction
 
-__all__ = ["TARGET_TOLERANCE", "background_loss", "hard_negative_mask", "multibox_loss"]
+__all__ = [
+    "MINING",
+    "TARGET_TOLERANCE",
+    "background_loss",
+    "background_loss_reference",
+    "hard_negative_mask",
+    "multibox_loss",
+]
+
+#: How :func:`multibox_loss` ranks the negatives it mines: the reference first, then the accelerated one (the same
+#: values to rounding; the tests hold both to one loop reference).
+MINING = ("reference", "fast")
 
 #: How far outside [0, 1] a target box corner may lie before :func:`multibox_loss` refuses it: room for rounding and
 #: for unclipped boxes that overshoot the image by a fraction of a percent, while boxes in pixels (a mistake the loss
@@ -27,6 +38,13 @@ TARGET_TOLERANCE = 0.01
 
 _LOG2E = 1.4426950408889634
 _CHUNK = 32768  # priors per slice in background_loss
+
+
+def background_loss_reference(cls_logits: Tensor) -> Tensor:
+    """Per-prior background cross-entropy ``-log softmax(x)[..., 0]`` as written (no gradient), ``Tensor[...]``
+    float32 for ``cls_logits Tensor[..., C]``: the reference for :func:`background_loss`."""
+    with torch.no_grad():
+        return -F.log_softmax(cls_logits.detach().float(), dim=-1)[..., 0]
 
 
 def background_loss(cls_logits: Tensor) -> Tensor:
@@ -147,6 +165,7 @@ def multibox_loss(
     iou_threshold: float = 0.5,
     neg_pos_ratio: float = 3.0,
     variances: tuple[float, float] = DEFAULT_VARIANCES,
+    mining: str = "fast",
 ) -> dict[str, Tensor]:
     """The SSD training loss of a batch.
 
@@ -159,6 +178,8 @@ def multibox_loss(
         iou_threshold: IoU for a prior to be positive.
         neg_pos_ratio: hard negatives per positive.
         variances: the box-coding variances.
+        mining: how negatives are ranked (:data:`MINING`): ``"reference"`` by :func:`background_loss_reference`,
+            ``"fast"`` (the default) by :func:`background_loss`.
 
     Returns:
         ``{"loc", "conf", "total", "num_pos"}``: the three losses (0-dim, already divided by the number of
@@ -170,6 +191,8 @@ def multibox_loss(
             message names the image's index in the batch and the offending box or label. The test is batched and
             costs one device-to-host transfer per call.
     """
+    if mining not in MINING:
+        raise ValueError(f"unknown mining {mining!r}; use one of {list(MINING)}")
     cls_logits = pred.cls_logits.float()
     box_deltas = pred.box_deltas.float()
     b, a, c = cls_logits.shape
@@ -204,7 +227,8 @@ def multibox_loss(
     # cross-entropy (no gradient), then the cross-entropy and its gradient are computed on the selected priors only
     # (about 4 per positive, a few percent of all), not as a log_softmax over all [B, A, C] logits.
     conf_t = torch.where(pos, torch.gather(gt_labels, 1, m.gt_index), 0)  # (B, A)
-    neg = hard_negative_mask(background_loss(cls_logits), pos, neg_pos_ratio)
+    hardness = background_loss(cls_logits) if mining == "fast" else background_loss_reference(cls_logits)
+    neg = hard_negative_mask(hardness, pos, neg_pos_ratio)
     si, sa = (pos | neg).nonzero(as_tuple=True)
     conf = F.cross_entropy(cls_logits[si, sa], conf_t[si, sa], reduction="sum")
     n = num_pos.clamp(min=1).to(cls_logits.dtype)

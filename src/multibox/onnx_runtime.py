@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from multibox.files import DetectionResults, OnError, find_images, run_detection
 from multibox.io.integrity import image_problem
 from multibox.io.pillow_open import open_image
-from multibox.io.regular import read_bytes
+from multibox.io.regular import file_kind, read_bytes
 
 __all__ = [
     "ExportMismatchError",
@@ -213,6 +213,8 @@ class OnnxDetector:
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("running an ONNX model needs 'onnxruntime': pip install 'multibox[export]'") from e
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():  # a named pipe would block onnxruntime's read
+            raise OnnxModelError(f"{self.path}: not a regular file: {file_kind(self.path.stat().st_mode)}")
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} does not exist")
         try:

@@ -3,6 +3,10 @@
 Per image: softmax over classes; decode the offsets against the priors; clip to [0, 1]; for each class >= 1 keep
 the scores above ``score_thresh``, the ``pre_nms_top_k`` best of them, greedy NMS at ``nms_thresh``; finally the
 ``top_k`` best detections over all classes. All images and classes are processed in one batched pass.
+
+:func:`postprocess` has two strategies with the same result: the reference ``"per_class"`` (the pipeline above as
+written, :func:`_per_class`, first in this module) and the accelerated ``"shortlist"`` (the default; everything
+below :func:`_shortlist`), which resolves each image's best-scored candidates first and stops once ``top_k`` survive.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from multibox.boxes import DEFAULT_VARIANCES, clip_boxes, decode
 from multibox.nms import nms_padded
 from multibox.structures import Detections, Prediction
 
-__all__ = ["class_candidates", "postprocess", "select_candidates"]
+__all__ = ["STRATEGIES", "class_candidates", "postprocess", "select_candidates"]
+
+#: The strategies of :func:`postprocess`: the reference first, then the accelerated one.
+STRATEGIES = ("per_class", "shortlist")
 
 
 def class_candidates(
@@ -113,11 +120,18 @@ def postprocess(
     pre_nms_top_k: int = 200,
     top_k: int = 200,
     variances: tuple[float, float] = DEFAULT_VARIANCES,
+    strategy: str = "shortlist",
 ) -> list[Detections]:
     """Turn a batch of raw predictions into detections.
 
-    The result is that of the per-class pipeline in the module docstring, computed without running NMS over every
-    candidate. Greedy NMS decides a candidate's fate from the higher-scored candidates of its class alone, so the
+    Two strategies give the same detections (to rounding; the tests hold both to one loop reference):
+
+    - ``"per_class"``, the reference: every class's ``pre_nms_top_k`` candidates of every image go through NMS
+      in one batched pass, then the image-wide ``top_k`` (:func:`_per_class`);
+    - ``"shortlist"`` (the default), the accelerated path: the same result without running NMS over every
+      candidate (:func:`_shortlist`, below).
+
+    The shortlist: greedy NMS decides a candidate's fate from the higher-scored candidates of its class alone, so the
     ``M`` best candidates of an image (over all classes) can be resolved on their own; once ``top_k`` of them
     survive, nothing scored lower can enter the output. Each image's best ``M = 8 top_k`` (class, prior) pairs are
     listed once; their first ``4 top_k`` are resolved, and an image short of ``top_k`` survivors resolves a longer
@@ -135,18 +149,68 @@ def postprocess(
         pre_nms_top_k: candidates per class entering NMS.
         top_k: detections per image over all classes.
         variances: the box-coding variances.
+        strategy: ``"shortlist"`` or ``"per_class"`` (see above).
 
     Returns:
         One :class:`~multibox.structures.Detections` per image (boxes xyxy in [0, 1]), sorted by score.
     """
-    b, a, c = pred.cls_logits.shape
+    c = pred.cls_logits.shape[-1]
     if c < 2:
         raise ValueError(f"need at least 2 classes (background + 1), got {c}")
     if top_k < 1 or pre_nms_top_k < 1:
         raise ValueError(f"top_k and pre_nms_top_k must be positive, got {top_k} and {pre_nms_top_k}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown post-processing strategy {strategy!r}; use one of {list(STRATEGIES)}")
     probs = _class_major_softmax(pred.cls_logits)  # (B, A, C)
     deltas = pred.box_deltas.float()
     priors = priors.to(deltas.device, torch.float32)
+    kw = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "pre_nms_top_k": pre_nms_top_k, "top_k": top_k}
+    if strategy == "per_class":
+        return _per_class(probs, deltas, priors, variances=variances, **kw)
+    return _shortlist(probs, deltas, priors, variances=variances, **kw)
+
+
+def _per_class(
+    probs: Tensor,
+    deltas: Tensor,
+    priors: Tensor,
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    pre_nms_top_k: int,
+    top_k: int,
+    variances: tuple[float, float],
+) -> list[Detections]:
+    """The plain batched pipeline: every class's candidates through NMS, then the image-wide ``top_k``."""
+    b = probs.shape[0]
+    cand, scores, valid = _candidates(probs, deltas, priors, score_thresh, pre_nms_top_k, variances)
+    k = scores.shape[-1]
+    keep = nms_padded(cand, valid, nms_thresh)  # (B, C-1, K)
+    flat = torch.where(keep, scores, -1.0).reshape(b, -1)  # (B, C-1, K) -> (B, (C-1)*K)
+    n = min(top_k, flat.shape[1])
+    top, idx = flat.topk(n, dim=1)  # (B, n)
+    boxes = torch.gather(cand.reshape(b, -1, 4), 1, idx.unsqueeze(-1).expand(b, n, 4))  # (B, n, 4)
+    labels = torch.div(idx, max(k, 1), rounding_mode="floor") + 1
+    counts = keep.reshape(b, -1).sum(1).clamp(max=n).tolist()
+    return [Detections(boxes[i, :m], top[i, :m], labels[i, :m]) for i, m in enumerate(counts)]
+
+
+# ---------------------------------------------------------------------- the accelerated path: shortlists
+
+
+def _shortlist(
+    probs: Tensor,
+    deltas: Tensor,
+    priors: Tensor,
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    pre_nms_top_k: int,
+    top_k: int,
+    variances: tuple[float, float],
+) -> list[Detections]:
+    """:func:`postprocess`'s ``"shortlist"`` strategy (described there) on float32 class-major probabilities."""
+    b, a, c = probs.shape
     kw = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "pre_nms_top_k": pre_nms_top_k, "top_k": top_k}
     union = (c - 1) * min(pre_nms_top_k, a)  # the most candidates per image that enter NMS
     out: list[Detections | None] = [None] * b
@@ -326,28 +390,3 @@ def _nms_pairs(boxes: Tensor, order: Tensor, mask: Tensor, group: Tensor, nms_th
     keep = torch.zeros_like(mask)
     keep[ri, src] = nms_padded(padded, valid, nms_thresh)[g, r]
     return keep
-
-
-def _per_class(
-    probs: Tensor,
-    deltas: Tensor,
-    priors: Tensor,
-    *,
-    score_thresh: float,
-    nms_thresh: float,
-    pre_nms_top_k: int,
-    top_k: int,
-    variances: tuple[float, float],
-) -> list[Detections]:
-    """The plain batched pipeline: every class's candidates through NMS, then the image-wide ``top_k``."""
-    b = probs.shape[0]
-    cand, scores, valid = _candidates(probs, deltas, priors, score_thresh, pre_nms_top_k, variances)
-    k = scores.shape[-1]
-    keep = nms_padded(cand, valid, nms_thresh)  # (B, C-1, K)
-    flat = torch.where(keep, scores, -1.0).reshape(b, -1)  # (B, C-1, K) -> (B, (C-1)*K)
-    n = min(top_k, flat.shape[1])
-    top, idx = flat.topk(n, dim=1)  # (B, n)
-    boxes = torch.gather(cand.reshape(b, -1, 4), 1, idx.unsqueeze(-1).expand(b, n, 4))  # (B, n, 4)
-    labels = torch.div(idx, max(k, 1), rounding_mode="floor") + 1
-    counts = keep.reshape(b, -1).sum(1).clamp(max=n).tolist()
-    return [Detections(boxes[i, :m], top[i, :m], labels[i, :m]) for i, m in enumerate(counts)]

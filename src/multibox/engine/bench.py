@@ -119,6 +119,21 @@ def path_agreement(reference: Sequence[Detections], candidate: Sequence[Detectio
         return voc_ap(list(candidate), gts, iou_threshold=0.5, use_07_metric=False).mean_ap
 
 
+def _runner(model: nn.Module, device: torch.device, path: str, calibration: torch.Tensor | None) -> Runner | None:
+    """The runner of one benched path; None (with a warning) for an int8 path that fails its guard."""
+    if path == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
+        return Runner(_OnnxNetwork(model.cpu().eval()), path="onnxruntime")
+    if path == "int8":
+        try:
+            return prepare(model, device, path, calibration)
+        except ValueError as e:  # e.g. the quantization guard: report and go on with the other paths
+            warnings.warn(f"bench: skipped the int8 path: {e}", stacklevel=3)
+            return None
+    return prepare(model, device, path)
+
+
 def bench_model(
     model: nn.Module,
     images: torch.Tensor,
@@ -167,18 +182,9 @@ def bench_model(
     reference: dict[int, list[Detections]] = {}
     calib = inputs(images if calibration is None else calibration) if "int8" in paths else None
     for path in paths:
-        if path == "onnxruntime":
-            if device.type != "cpu":
-                raise ValueError("the onnxruntime path runs on the CPU; bench it with device='cpu'")
-            runner = Runner(_OnnxNetwork(model.cpu().eval()), path="onnxruntime")
-        elif path == "int8":
-            try:
-                runner = prepare(model, device, path, calib)
-            except ValueError as e:  # e.g. the quantization guard: report and go on with the other paths
-                warnings.warn(f"bench: skipped the int8 path: {e}", stacklevel=2)
-                continue
-        else:
-            runner = prepare(model, device, path)
+        runner = _runner(model, device, path, calib)
+        if runner is None:
+            continue
         for bs in batch_sizes:
             src = images[:bs]
 

@@ -357,5 +357,4 @@ def ssdlite320_mobilenet_v3(
     """
     spec = SSDLITE320 if prior_spec is None else resolve_prior_spec(prior_spec)
     backbone = MobileNetV3Backbone(width_mult=width_mult, reduce_tail=reduce_tail)
-    name = "ssdlite320_mobilenet_v3"
-    return SSD(backbone, num_classes, image_size, spec, mean=mean, std=std, name=name, make_head=SSDLiteHead)
+    return SSD(backbone, num_classes, image_size, spec, mean=mean, std=std, make_head=SSDLiteHead)

@@ -181,4 +181,4 @@ def ssd300_resnet50(
         std: RGB std in 0-255 units.
     """
     spec = resolve_prior_spec(prior_spec)
-    return SSD(ResNet50Backbone(), num_classes, image_size, spec, mean=mean, std=std, name="ssd300_resnet50")
+    return SSD(ResNet50Backbone(), num_classes, image_size, spec, mean=mean, std=std)

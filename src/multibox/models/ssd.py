@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,11 +37,15 @@ from multibox.priors import PriorSpec
 from multibox.structures import Prediction
 
 __all__ = [
+    "BUILDER_NAME",
     "SSD",
     "Preprocess",
     "measure_feature_maps",
     "min_input_size",
 ]
+
+#: The name of the registered builder running now (set by :func:`multibox.models.zoo.register_model`'s wrapper).
+BUILDER_NAME: ContextVar[str | None] = ContextVar("multibox_builder_name", default=None)
 
 # The largest side the minimum-input-size search tries before it gives up.
 _MAX_SEARCH_SIZE = 8192
@@ -220,7 +225,8 @@ class SSD(nn.Module):
         prior_spec: the default-box recipe; it must have one entry per source map.
         mean: RGB mean in 0-255 units, stored in :attr:`preprocess`.
         std: RGB std in 0-255 units, stored in :attr:`preprocess`.
-        name: the registry name, if built by a registered builder.
+        name: the model's name for messages; None: the name of the registered builder running now, if any
+            (:func:`~multibox.models.zoo.register_model` names the models its builders make, the builders do not).
         make_head: builds the head from the measured ``(in_channels, boxes_per_location, num_classes)``; the head maps
             the source maps to a :class:`~multibox.structures.Prediction` in the prior order and has
             ``boxes_per_location`` and ``init_weights()``. :class:`~multibox.models.heads.MultiboxHead` (3x3
@@ -261,10 +267,10 @@ class SSD(nn.Module):
         self.image_size = to_hw(image_size)
         self.prior_spec = prior_spec
         self.preprocess = Preprocess(self.image_size, tuple(mean), tuple(std))  # type: ignore[arg-type]
-        self.name = name
+        self.name = name if name is not None else BUILDER_NAME.get()
         self.overrides: dict[str, Any] = {}
         self.backbone = backbone
-        self.feature_maps, self.feature_channels = measure_feature_maps(backbone, self.image_size, name)
+        self.feature_maps, self.feature_channels = measure_feature_maps(backbone, self.image_size, self.name)
         if len(self.feature_maps) != prior_spec.num_maps:
             raise ValueError(
                 f"the backbone has {len(self.feature_maps)} source maps {self.feature_maps} but the prior spec "

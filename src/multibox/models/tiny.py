@@ -121,4 +121,4 @@ def ssd_tiny(
         raise ValueError(f"width must be a positive int, got {width!r}")
     backbone = TinyBackbone((width, 2 * width, 4 * width), (8 * width,) * 3)
     spec = tiny_prior_spec() if prior_spec is None else resolve_prior_spec(prior_spec)
-    return SSD(backbone, num_classes, image_size, spec, mean=mean, std=std, name="ssd_tiny")
+    return SSD(backbone, num_classes, image_size, spec, mean=mean, std=std)

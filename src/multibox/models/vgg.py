@@ -234,7 +234,7 @@ def ssd300_vgg16(
         std: RGB std in 0-255 units.
     """
     spec = resolve_prior_spec(prior_spec)
-    return SSD(VGG16Base(EXTRAS300), num_classes, image_size, spec, mean=mean, std=std, name="ssd300_vgg16")
+    return SSD(VGG16Base(EXTRAS300), num_classes, image_size, spec, mean=mean, std=std)
 
 
 @register_model
@@ -256,4 +256,4 @@ def ssd512_vgg16(
         std: RGB std in 0-255 units.
     """
     spec = resolve_prior_spec(prior_spec)
-    return SSD(VGG16Base(EXTRAS512), num_classes, image_size, spec, mean=mean, std=std, name="ssd512_vgg16")
+    return SSD(VGG16Base(EXTRAS512), num_classes, image_size, spec, mean=mean, std=std)

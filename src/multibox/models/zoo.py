@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 from multibox.models.heads import check_num_classes
-from multibox.models.ssd import SSD
+from multibox.models.ssd import BUILDER_NAME, SSD
 from multibox.priors import PRIOR_PRESETS, PriorSpec
 
 __all__ = [
@@ -100,7 +100,11 @@ def register_model(fn: Builder | None = None, *, name: str | None = None) -> Any
         def build(*args: Any, **kwargs: Any) -> SSD:
             bound = signature.bind(*args, **kwargs)
             check_num_classes(bound.arguments["num_classes"])
-            model = builder(*args, **kwargs)
+            token = BUILDER_NAME.set(key)  # the SSD the builder makes takes its name from here
+            try:
+                model = builder(*args, **kwargs)
+            finally:
+                BUILDER_NAME.reset(token)
             model.name = key
             model.overrides = {
                 k: _to_plain(v) for k, v in bound.arguments.items() if k not in ("num_classes", "image_size")
