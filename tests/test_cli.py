@@ -9,7 +9,7 @@ import pytest
 from multibox.cli import EXAMPLES, build_parser, main
 from test_engine import tiny_overrides
 
-VERBS = ["demo", "train", "eval", "detect", "export", "convert", "info", "scan", "anchors", "bench", "report"]
+VERBS = ["demo", "train", "eval", "detect", "export", "convert", "info", "scan", "anchors", "bench", "report", "serve"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -95,6 +95,9 @@ EXAMPLES = {
     "info": "example:\n  multibox info ssd300_vgg16 --num-classes 21\n  multibox info ssd_tiny --image-size 128",
     "bench": "example:\n  multibox bench ssd300_vgg16 --batch-sizes 1 8 --onnx\n"
     "  multibox bench ssd_tiny --weights runs/demo/last.pt --paths fp32 bf16",
+    "serve": "example:\n  multibox serve --weights runs/demo/last.pt --port 8000     # then open http://127.0.0.1:8000/\n"
+    "  multibox serve --onnx model.onnx --host 0.0.0.0 --workers 2\n"
+    "  curl --data-binary @img.jpg 'http://127.0.0.1:8000/v1/detect?score=0.5'",
     "scan": "example:\n  multibox scan ../shared/data/cards --split train\n"
     "  multibox scan ../shared/data/raccoon --decode",
     "report": "example:\n  multibox report runs/raccoon-1            # rebuilds runs/raccoon-1/report/report.html\n"
@@ -262,7 +265,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decode every image's pixels (finds corrupt data and bad PNG CRCs; truncated files are found "
         "from their headers and last bytes either way)",
     )
+    _serve_parser(sub)
     return p
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {_short(text)}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {_short(text)}")
+    return value
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    sv = _parser(sub, "serve", "HTTP detection service (POST /v1/detect, a web page at /) with dynamic batching")
+    src = sv.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="a multibox checkpoint")
+    src.add_argument("--onnx", help="a model written by `multibox export` (runs on onnxruntime)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    sv.add_argument("--port", type=_int_at_least(0), default=8000, help="TCP port (default 8000)")
+    sv.add_argument("--max-batch", type=_int_at_least(1), default=8, help="most images per run (1: no batching)")
+    sv.add_argument("--max-wait-ms", type=_positive_number, default=5.0,
+                    help="how long a request waits for others to batch with (default 5)")  # fmt: skip
+    sv.add_argument("--max-queue", type=_int_at_least(1), default=64,
+                    help="requests waiting beyond which the server answers 503 (default 64)")  # fmt: skip
+    sv.add_argument("--workers", type=_int_at_least(1), default=1, help="server processes (default 1)")
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--fast", action="store_true",
+                    help="the fastest path that agrees with fp32: int8 / bf16 on the CPU, AMP on CUDA")  # fmt: skip
+    sv.add_argument("--max-body-mb", type=_positive_number, default=20.0, help="largest request body (default 20)")
+    sv.add_argument("--max-pixels", type=_int_at_least(1), default=50_000_000,
+                    help="largest width x height accepted, checked before decoding (default 50000000)")  # fmt: skip
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -569,6 +604,18 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from multibox.serve.server import ServeOptions, serve
+
+    options = ServeOptions(
+        weights=a.weights, onnx=a.onnx, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+        max_queue=a.max_queue, workers=a.workers, fast=a.fast, device=a.device, max_body_mb=a.max_body_mb,
+        max_pixels=a.max_pixels,
+    )  # fmt: skip
+    serve(options)
+    return 0
+
+
 def _cmd_scan(a: argparse.Namespace) -> int:
     from multibox.data import scan_dataset
     from multibox.engine.owndata import detect_format
@@ -582,7 +629,7 @@ def _cmd_scan(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench", "report"})
+_COMPUTE_VERBS = frozenset({"demo", "train", "eval", "detect", "bench", "report", "serve"})
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
@@ -596,6 +643,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "anchors": _cmd_anchors,
     "report": _cmd_report,
     "bench": _cmd_bench,
+    "serve": _cmd_serve,
 }
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "ExifPolicy",
     "ImageInfo",
     "decode_image",
+    "decode_image_bytes",
     "orient_boxes",
     "probe_image",
     "read_image",
@@ -173,10 +174,30 @@ def decode_image(path: str | Path, max_side: int | None = None) -> tuple[Tensor,
     """
     try:
         data = read_bytes(path)  # regular files only
+    except OSError as exc:
+        raise OSError(f"{path}: cannot decode image: {_reason(path, exc)}") from exc
+    return decode_image_bytes(data, str(path), max_side)
+
+
+def decode_image_bytes(data: bytes, source: str, max_side: int | None = None) -> tuple[Tensor, ImageInfo]:
+    """Decode an image held in memory (an upload, an archive member) as :func:`decode_image` decodes a file.
+
+    Args:
+        data: the encoded image.
+        source: what the bytes are, for messages (a file name, ``"the request body"``).
+        max_side: as :func:`decode_image`'s.
+
+    Raises:
+        OSError: the bytes are empty, truncated, corrupt or not an image (the message names ``source`` and the
+            reason).
+    """
+    try:
+        if not data:
+            raise OSError("empty file (0 bytes)")
         problem = image_problem(data)
         if problem is not None:
             raise OSError(problem)
-        with open_image(io.BytesIO(data), path) as img:
+        with open_image(io.BytesIO(data), source) as img:
             if ImageFile.LOAD_TRUNCATED_IMAGES and sniff_format(data[:8]) is None:
                 warnings.warn(_TRUNCATED_SETTING_WARNING.format(fmt=img.format), stacklevel=3)
             info = ImageInfo((int(img.width), int(img.height)), _orientation(img), img.mode)
@@ -187,7 +208,7 @@ def decode_image(path: str | Path, max_side: int | None = None) -> tuple[Tensor,
                 img = ImageOps.exif_transpose(img)
             array = _to_rgb_array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"{path}: cannot decode image: {_reason(path, exc)}") from exc
+        raise OSError(f"{source}: cannot decode image: {_reason(source, exc)}") from exc
     if not array.flags.writeable:  # Pillow's own buffer: a copy, so that the tensor owns writable memory
         array = array.copy()
     # (H, W, 3) -> (3, H, W) as a view: channels-last strides, the layout of torch's fast uint8 resize.
