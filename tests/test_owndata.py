@@ -151,12 +151,14 @@ def test_plan_takes_classes_and_recipe(tmp_path) -> None:
     plan = plan_run(_voc(tmp_path / "d"), minutes=2.0, out=tmp_path / "runs")
     cfg = plan.config
     assert cfg.model.name == "ssdlite320_efficientnet_lite0" and cfg.model.num_classes is None
+    assert cfg.model.kwargs == load_config(DEFAULT_PRESET).model.kwargs
     assert plan.classes == ("circle", "square", "triangle")
     assert cfg.train.max_minutes == 2.0 and cfg.train.epochs is None and cfg.train.optimizer == "adamw"
     assert cfg.train.freeze and cfg.train.batch_size == 11 and cfg.train.eval_every == 1
     tiny = plan_run(tmp_path / "d", model="ssd_tiny", image_size=96, epochs=3, out=tmp_path / "runs",
                     overrides=("train.lr=0.01",)).config  # fmt: skip
     assert (tiny.model.name, tiny.model.image_size, tiny.train.freeze, tiny.train.epochs) == ("ssd_tiny", 96, (), 3)
+    assert tiny.model.kwargs == {}  # the preset's builder arguments (stride8) belong to its model
     assert tiny.train.max_minutes is None  # epochs replace the preset's time budget
     default = plan_run(tmp_path / "d", out=tmp_path / "runs").config.train
     assert default.max_minutes == load_config(DEFAULT_PRESET).train.max_minutes and default.epochs is None

@@ -289,7 +289,8 @@ def plan_run(
 
     Args:
         data: the dataset (see :func:`detect_format`).
-        model: a registered model (default the preset's); another model than the preset's drops its ``freeze`` list.
+        model: a registered model (default the preset's); another model than the preset's drops its ``freeze`` list
+            and builder arguments.
         epochs: passes over the training images.
         minutes: a wall-clock budget; the schedule is fitted to it and the run ends with a final evaluation. Neither
             given: the preset's budget (``train.max_minutes``), else :data:`DEFAULT_EPOCHS` epochs.
@@ -361,7 +362,8 @@ def _recipe(
         raise ValueError("give a number of epochs or a time budget, not both")
     tree = config_to_dict(load_config(preset))
     if model is not None and model != tree["model"]["name"]:
-        tree["model"]["name"], tree["train"]["freeze"] = model, []
+        tree["model"].update(name=model, kwargs={})  # the preset's builder arguments belong to its model
+        tree["train"]["freeze"] = []
     if image_size is not None:
         tree["model"]["image_size"] = image_size
     tree["model"]["num_classes"] = None
