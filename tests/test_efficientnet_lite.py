@@ -1,4 +1,5 @@
-"""Tests of EfficientNet-Lite0/1/2 and the SSDLite detectors on it (``multibox.models.efficientnet_lite``).
+"""Tests of EfficientNet-Lite0/1/2 and the SSDLite detectors on it (``multibox.models.efficientnet_lite``,
+``multibox.models.ssdlite_efficientnet``).
 
 The network is checked against the reference implementation ``efficientnet-lite-pytorch`` (test-only, a port of the
 TF code) with the same weights, logit for logit, at even and odd input sizes; the layer table and the parameter
@@ -22,7 +23,6 @@ from multibox.models import SSD, create_model, create_model_from_config
 from multibox.models.efficientnet_lite import (
     ConvBNAct,
     EfficientNetLite,
-    EfficientNetLiteBackbone,
     EfficientNetLiteClassifier,
     MBConv,
     SamePad2d,
@@ -31,6 +31,7 @@ from multibox.models.efficientnet_lite import (
     load_imagenet_efficientnet_lite,
     same_padding,
 )
+from multibox.models.ssdlite_efficientnet import EfficientNetLiteBackbone
 from multibox.preprocess import LITE_MEAN, LITE_STD
 
 VARIANTS = ["lite0", "lite1", "lite2"]

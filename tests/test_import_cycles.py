@@ -81,6 +81,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.models.quantize",
             "multibox.models.resnet",
             "multibox.models.ssd",
+            "multibox.models.ssdlite_efficientnet",
             "multibox.models.tiny",
             "multibox.models.vgg",
             "multibox.models.zoo",

@@ -187,7 +187,8 @@ class TrainConfig:
         warmup_iters, warmup_factor: linear warmup from ``lr * warmup_factor``.
         schedule: ``multistep`` (x ``gamma`` at each of ``milestones``) or ``cosine`` (to ``lr * min_lr_factor``).
         max_iters: optimizer steps; ``epochs`` instead, if set, counts passes over the data.
-        grad_accum: micro-batches per optimizer step.
+        grad_accum: micro-batches per optimizer step (the step divides its loss by the positives of all of them, as
+            one batch of ``batch_size`` images would).
         amp: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA).
         channels_last: NHWC memory format.
         clip_grad_norm: max gradient norm, or None.

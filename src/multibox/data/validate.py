@@ -19,7 +19,7 @@ import torch
 from multibox.data.checks import DatasetError, Issue, check_boxes
 from multibox.data.coco_json import coco_problems, read_coco_json, usable_entries
 from multibox.data.image_io import ImageInfo, decode_image, orient_boxes, probe_image, resolve_orientation
-from multibox.data.voc import find_image, parse_voc_xml, read_split, voc_to_xyxy
+from multibox.data.voc import VOCAnnotation, find_image, parse_voc_xml, read_split, voc_to_xyxy
 from multibox.io.regular import read_bytes
 
 __all__ = ["ScanReport", "is_yolo_layout", "scan_dataset"]
@@ -158,40 +158,17 @@ def _duplicates(report: ScanReport, paths: Sequence[Path], boxes_of: dict[Path, 
 
 def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, decode: bool, report: ScanReport) -> None:
     ann_dir, img_dir = root / "Annotations", root / "JPEGImages"
-    for d in (ann_dir, img_dir):
-        if not d.is_dir():
-            report.issues.append(Issue("bad_layout", str(d), "folder missing", 1, "error"))
-    if report.errors:
+    ids = _voc_ids(root, ann_dir, img_dir, split, report)
+    if ids is None:
         return
-    annotated = sorted(p.stem for p in ann_dir.glob("*.xml"))
-    if split is None:
-        ids = annotated
-    else:
-        try:
-            ids = read_split(root, split)
-        except DatasetError as exc:
-            report.issues.append(
-                Issue("bad_split", str(root / "ImageSets" / "Main" / f"{split}.txt"), str(exc), 1, "error")
-            )
-            return
     listing = {name.lower(): name for name in os.listdir(img_dir)}
     known = set(classes) if classes is not None else None
     used_images, boxes_of, referenced = [], {}, set()
     for image_id in ids:
         file = ann_dir / f"{image_id}.xml"
-        if not file.exists():  # (a FIFO or folder exists: parse_voc_xml says it is not a regular file)
-            report.issues.append(Issue("missing_annotation", str(file), "listed in the split but absent", 1, "error"))
+        ann = _voc_annotation(file, known, report)
+        if ann is None:
             continue
-        try:
-            ann = parse_voc_xml(file)
-        except DatasetError as exc:
-            kind = "unreadable_annotation" if isinstance(exc.__cause__, OSError) else "malformed_annotation"
-            report.issues.append(Issue(kind, str(file), str(exc).split(": ", 1)[-1], 1, "error"))
-            continue
-        if known is not None:
-            unknown = sorted({n for n in ann.names if n not in known})
-            if unknown:
-                report.issues.append(Issue("unknown_class", str(file), f"unknown class(es) {unknown}", 1, "error"))
         path = find_image(img_dir, ann.filename, image_id, listing)
         if path is None:
             report.issues.append(
@@ -202,43 +179,97 @@ def _scan_voc(root: Path, split: str | None, classes: Sequence[str] | None, deco
         info = _usable_image(report, path, decode)
         if info is None:
             continue
-        if ann.filename and ann.filename.replace("\\", "/").rsplit("/", 1)[-1] != path.name:
-            report.issues.append(
-                Issue("filename_differs", str(file), f"<filename> {ann.filename!r} resolved to {path.name}", 1, "info")
-            )
-        if ann.size is not None and ann.size not in (info.stored_size, info.size):
-            report.issues.append(
-                Issue("size_mismatch", str(file), f"<size> {ann.size} but the image is {info.size}", 1, "warning")
-            )
-        boxes = voc_to_xyxy(ann.boxes)
-        if resolve_orientation(info, ann.size, "auto"):
-            boxes = orient_boxes(boxes, info.orientation, info.stored_size)
-        degenerate = (ann.boxes[:, 2] <= ann.boxes[:, 0]) | (ann.boxes[:, 3] <= ann.boxes[:, 1])
-        check = check_boxes(boxes, *info.size, degenerate=degenerate)
-        report.issues += check.issues(str(file))
-        kept = check.boxes[check.keep]
-        on_edge = int(
-            ((kept[:, 0] <= 0) | (kept[:, 1] <= 0) | (kept[:, 2] >= info.size[0]) | (kept[:, 3] >= info.size[1])).sum()
-        )
-        if on_edge:
-            report.issues.append(
-                Issue("box_on_edge", str(file), f"{on_edge} box(es) touch the image edge", on_edge, "info")
-            )
-        n_difficult = int(ann.difficult[check.keep].sum())
-        if n_difficult:
-            report.issues.append(Issue("difficult", str(file), f"{n_difficult} difficult box(es)", n_difficult, "info"))
-        report.num_images += 1
-        report.num_boxes += int(check.keep.sum())
-        report.class_counts.update(n for n, k in zip(ann.names, check.keep.tolist(), strict=True) if k)
+        _voc_header_notes(file, ann, path, info, report)
         used_images.append(path)
-        boxes_of[path] = kept
+        boxes_of[path] = _voc_boxes(file, ann, info, report)
     if split is None:
-        for name in sorted(listing.values()):
-            if name not in referenced and Path(name).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
-                report.issues.append(
-                    Issue("unannotated_image", str(img_dir / name), "no annotation refers to it", 1, "info")
-                )
+        _unannotated_images(img_dir, listing, referenced, report)
     _duplicates(report, used_images, boxes_of)
+
+
+def _voc_ids(root: Path, ann_dir: Path, img_dir: Path, split: str | None, report: ScanReport) -> list[str] | None:
+    """The image ids to scan (the split's, or every annotation's); None (errors recorded) when the folders or the
+    split cannot be read."""
+    for d in (ann_dir, img_dir):
+        if not d.is_dir():
+            report.issues.append(Issue("bad_layout", str(d), "folder missing", 1, "error"))
+    if report.errors:
+        return None
+    if split is None:
+        return sorted(p.stem for p in ann_dir.glob("*.xml"))
+    try:
+        return read_split(root, split)
+    except DatasetError as exc:
+        report.issues.append(
+            Issue("bad_split", str(root / "ImageSets" / "Main" / f"{split}.txt"), str(exc), 1, "error")
+        )
+        return None
+
+
+def _voc_annotation(file: Path, known: set[str] | None, report: ScanReport) -> VOCAnnotation | None:
+    """The parsed annotation, with unknown class names recorded; None (an error recorded) when missing or
+    unreadable."""
+    if not file.exists():  # (a FIFO or folder exists: parse_voc_xml says it is not a regular file)
+        report.issues.append(Issue("missing_annotation", str(file), "listed in the split but absent", 1, "error"))
+        return None
+    try:
+        ann = parse_voc_xml(file)
+    except DatasetError as exc:
+        kind = "unreadable_annotation" if isinstance(exc.__cause__, OSError) else "malformed_annotation"
+        report.issues.append(Issue(kind, str(file), str(exc).split(": ", 1)[-1], 1, "error"))
+        return None
+    if known is not None:
+        unknown = sorted({n for n in ann.names if n not in known})
+        if unknown:
+            report.issues.append(Issue("unknown_class", str(file), f"unknown class(es) {unknown}", 1, "error"))
+    return ann
+
+
+def _voc_header_notes(file: Path, ann: VOCAnnotation, path: Path, info: ImageInfo, report: ScanReport) -> None:
+    """Record where the annotation's ``<filename>`` or ``<size>`` disagree with the image found."""
+    if ann.filename and ann.filename.replace("\\", "/").rsplit("/", 1)[-1] != path.name:
+        report.issues.append(
+            Issue("filename_differs", str(file), f"<filename> {ann.filename!r} resolved to {path.name}", 1, "info")
+        )
+    if ann.size is not None and ann.size not in (info.stored_size, info.size):
+        report.issues.append(
+            Issue("size_mismatch", str(file), f"<size> {ann.size} but the image is {info.size}", 1, "warning")
+        )
+
+
+def _voc_boxes(file: Path, ann: VOCAnnotation, info: ImageInfo, report: ScanReport) -> torch.Tensor:
+    """Check the annotation's boxes against the (upright) image, count the kept ones and their classes; returns the
+    kept boxes (xyxy pixels)."""
+    boxes = voc_to_xyxy(ann.boxes)
+    if resolve_orientation(info, ann.size, "auto"):
+        boxes = orient_boxes(boxes, info.orientation, info.stored_size)
+    degenerate = (ann.boxes[:, 2] <= ann.boxes[:, 0]) | (ann.boxes[:, 3] <= ann.boxes[:, 1])
+    check = check_boxes(boxes, *info.size, degenerate=degenerate)
+    report.issues += check.issues(str(file))
+    kept = check.boxes[check.keep]
+    on_edge = int(
+        ((kept[:, 0] <= 0) | (kept[:, 1] <= 0) | (kept[:, 2] >= info.size[0]) | (kept[:, 3] >= info.size[1])).sum()
+    )
+    if on_edge:
+        report.issues.append(
+            Issue("box_on_edge", str(file), f"{on_edge} box(es) touch the image edge", on_edge, "info")
+        )
+    n_difficult = int(ann.difficult[check.keep].sum())
+    if n_difficult:
+        report.issues.append(Issue("difficult", str(file), f"{n_difficult} difficult box(es)", n_difficult, "info"))
+    report.num_images += 1
+    report.num_boxes += int(check.keep.sum())
+    report.class_counts.update(n for n, k in zip(ann.names, check.keep.tolist(), strict=True) if k)
+    return kept
+
+
+def _unannotated_images(img_dir: Path, listing: dict[str, str], referenced: set[str], report: ScanReport) -> None:
+    """Note every image of the folder that no annotation refers to."""
+    for name in sorted(listing.values()):
+        if name not in referenced and Path(name).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
+            report.issues.append(
+                Issue("unannotated_image", str(img_dir / name), "no annotation refers to it", 1, "info")
+            )
 
 
 def _scan_coco(images_dir: Path, annotation_json: Path, decode: bool, report: ScanReport) -> None:

@@ -282,66 +282,38 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         ValueError: a class count that disagrees with the data, batch sizes that do not divide, bad weights.
         DatasetError: (a ``ValueError``) no image of the training set has a box.
     """
+    from multibox.data.checks import skipped_when_built
+
     tc = config.train
     rank, world, owns_pg = _distributed()
     device = _device(tc.device, world)
     out_dir = Path(tc.out_dir)
     _seed_everything(tc.seed)
-    if resume == "auto":
-        resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
-    ckpt = _resumable(load_checkpoint(resume, map_location=device), resume) if resume is not None else None
-    from multibox.data.checks import DatasetError, skipped_when_built
-
-    raw = build_dataset(config.data, "train", config.model.image_size)
-    if len(raw) == 0:  # data problems (exit 3), as VOCDetection's own checks
-        raise DatasetError(f"the training set {raw!r} has no image (an empty split file, or every file skipped?)")
-    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
-        raise DatasetError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
+    ckpt = _resume_checkpoint(resume, out_dir, device)
+    raw = _training_set(config)
     classes = tuple(raw.classes)
     model, fit = _model(config, raw, _num_classes(config, classes), ckpt)
     dataset = _train_dataset(config, raw, model)
-    freeze_modules(model, tc.freeze)
-    model.to(device)
-    if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
+    _place_model(model, tc, device)
     optimizer = build_optimizer(model, tc)
     micro = _micro_batch(config, world)
     probe = ResumableBatchSampler(len(dataset), micro, tc.seed, rank=rank, world_size=world)
     factor = _lr_factor(config, probe.batches_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
-
-    step, elapsed = 0, 0.0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        factor = scheduler.lr_lambdas[0]
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        step, elapsed = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
-        restore_rng_state(ckpt["rng"])
-
+    step, elapsed = _restore_training_state(ckpt, optimizer, scheduler, scaler)
+    factor = scheduler.lr_lambdas[0]  # the same object, its state restored with the scheduler's
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     sampler = ResumableBatchSampler(
         len(dataset), micro, tc.seed, rank=rank, world_size=world, start_batch=step * tc.grad_accum
     )
-    from multibox.data.loader import collate
-
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=config.data.num_workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.data.num_workers > 0,
-    )
     return TrainingRun(
         config=config,
         model=model,
         train_model=train_model,
-        loader=loader,
+        loader=_loader(dataset, sampler, config.data.num_workers, device),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
@@ -360,4 +332,63 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         elapsed_s=elapsed,
         resume_state={k: ckpt[k] for k in ("ema",) if ckpt is not None and k in ckpt},
         skipped_when_built=skipped_when_built(raw),
+    )
+
+
+def _resume_checkpoint(resume: str | Path | None, out_dir: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``"auto"``: ``out_dir/last.pt`` if it exists), checked to hold a training
+    state; None for a fresh start."""
+    if resume == "auto":
+        resume = out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
+    return _resumable(load_checkpoint(resume, map_location=device), resume) if resume is not None else None
+
+
+def _training_set(config: Config) -> Any:
+    """The raw training set; a DatasetError (exit 3) when it has no image or no box."""
+    from multibox.data.checks import DatasetError
+
+    raw = build_dataset(config.data, "train", config.model.image_size)
+    if len(raw) == 0:  # data problems (exit 3), as VOCDetection's own checks
+        raise DatasetError(f"the training set {raw!r} has no image (an empty split file, or every file skipped?)")
+    if hasattr(raw, "num_boxes") and raw.num_boxes() == 0:
+        raise DatasetError(f"no image of the training set {raw!r} has a box: there is nothing to learn")
+    return raw
+
+
+def _place_model(model: nn.Module, tc: Any, device: torch.device) -> None:
+    """Freeze the configured modules and move the model to the device (channels_last if asked)."""
+    freeze_modules(model, tc.freeze)
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def _restore_training_state(
+    ckpt: dict[str, Any] | None, optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler
+) -> tuple[int, float]:
+    """Load the optimizer, schedule, scaler and RNG states of the run being resumed; its step and elapsed seconds
+    (0, 0.0 for a fresh start)."""
+    if ckpt is None:
+        return 0, 0.0
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    restore_rng_state(ckpt["rng"])
+    return int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+
+
+def _loader(
+    dataset: Any, sampler: ResumableBatchSampler, num_workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """The training DataLoader over ``sampler``'s batches."""
+    from multibox.data.loader import collate
+
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
     )

@@ -29,19 +29,25 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the images of the batch."""
 
 
-def _global_positive_scale(num_pos: torch.Tensor, world: int) -> torch.Tensor:
-    """The factor that turns a process's loss (divided by its own positives) into its share of the loss divided by
-    the positives of every process: ``world * local / global`` (DDP averages the gradients over the processes).
-
-    With it, ``world`` processes of ``B / world`` images step exactly as one process of ``B`` images would (the
-    paper's ``N`` is the batch's number of positives), however unevenly the positives fall on the processes.
-    """
+def _step_positives(local: int, world: int, device: torch.device) -> float:
+    """The loss normaliser of one optimizer step: the positives of all its micro-batches on all processes (at least
+    1). The paper's ``N`` is the batch's number of positives; the batch of an optimizer step is every micro-batch of
+    every process."""
+    if world == 1:
+        return float(max(local, 1))
     import torch.distributed as dist
 
-    local = num_pos.detach().clamp(min=1).to(torch.float32)
-    total = num_pos.detach().to(torch.float32).clone()
+    total = torch.tensor(float(local), device=device)
     dist.all_reduce(total)
-    return world * local / total.clamp(min=1)
+    return float(total.clamp(min=1))
+
+
+def _rescale_grads(model: nn.Module, factor: float) -> None:
+    """Multiply the gradients accumulated so far by ``factor`` (a new normaliser for what was already summed)."""
+    if factor != 1.0:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
 
 
 class Hook:
@@ -106,8 +112,9 @@ class Trainer:
         tc = self.run.config.train
         set_train_mode(self.run.model, tc.freeze_bn, tc.freeze)
 
-    def _micro_step(self, sync: bool) -> tuple[dict[str, float], int, float]:
-        run, tc = self.run, self.run.config.train
+    def _next_batch(self) -> tuple[torch.Tensor, list[dict[str, Any]], float]:
+        """The next micro-batch on the run's device: images, targets and the seconds waited for it."""
+        run = self.run
         t_wait = time.perf_counter()
         batch = next(self._batches)
         while batch is None:  # every image of the micro-batch was unreadable and skipped (the reader warned)
@@ -117,11 +124,20 @@ class Trainer:
         self.skipped_images += run.micro_batch - images.shape[0]
         wait = time.perf_counter() - t_wait
         images = images.to(run.device, non_blocking=True)
-        if tc.channels_last:
+        if run.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        return images, items, wait
+
+    def _forward_loss(self, images: torch.Tensor, items: list[dict[str, Any]], sync: bool) -> dict[str, torch.Tensor]:
+        """The micro-batch's losses (divided by its own positives); raises :class:`NonFiniteLossError`.
+
+        Without ``sync`` the forward runs under DDP's ``no_sync`` (the gradients stay local until the last
+        micro-batch).
+        """
+        run = self.run
         targets = [(t["boxes"].to(run.device), t["labels"].to(run.device)) for t in items]
         no_sync = run.train_model.no_sync() if not sync else nullcontext()
-        with no_sync, autocast_context(run.device, tc.amp):
+        with no_sync, autocast_context(run.device, run.config.train.amp):
             pred = run.train_model(images)
         losses = multibox_loss(pred, targets, run.priors)
         if not torch.isfinite(losses["total"]):
@@ -131,30 +147,47 @@ class Trainer:
                 f"conf={float(losses['conf'].detach())}); images of the batch: {ids}. "
                 "Check these annotations (`multibox scan`) or lower train.lr"
             )
-        total = losses["total"]
-        if run.world > 1:
-            total = total * _global_positive_scale(losses["num_pos"], run.world)
-        run.scaler.scale(total / tc.grad_accum).backward()
-        names = (("loss", "total"), ("loc", "loc"), ("conf", "conf"))
-        values = {key: float(losses[name].detach()) for key, name in names}
-        return values, images.shape[0], wait
+        return losses
+
+    def _accumulate(self, sums: dict[str, float]) -> float:
+        """Forward and backward over the step's ``grad_accum`` micro-batches; returns the seconds waited for data.
+
+        The step's loss is the sum over its micro-batches (and processes) divided by all their positives, as one
+        batch of ``train.batch_size`` images would be. That number is known only after the last micro-batch, so the
+        gradients summed so far are kept divided by the positives seen so far and rescaled as more arrive; the last
+        micro-batch of a DDP run uses every process's positives (DDP then averages over the processes).
+        ``sums`` receives the step's losses of this process.
+        """
+        run, accum = self.run, self.run.config.train.grad_accum
+        positives, wait = 0, 0.0
+        for k in range(accum):
+            last = k == accum - 1
+            images, items, w = self._next_batch()
+            losses = self._forward_loss(images, items, sync=last or run.world == 1)
+            n = int(losses["num_pos"])
+            before, positives = max(positives, 1), positives + n
+            norm = _step_positives(positives, run.world, run.device) / run.world if last else float(max(positives, 1))
+            _rescale_grads(run.model, before / norm)
+            run.scaler.scale(losses["total"] * (max(n, 1) / norm)).backward()
+            for key, name in (("loss", "total"), ("loc", "loc"), ("conf", "conf")):
+                sums[key] += float(losses[name].detach()) * max(n, 1)
+            wait += w
+            self.seen += images.shape[0] * run.world
+        for key in sums:
+            sums[key] /= max(positives, 1)
+        return wait
 
     def run_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches: forward, loss, backward, clip, update, schedule.
 
         Returns:
-            The step's mean losses, learning rate, images per second and data-wait fraction.
+            The step's losses, learning rate, images per second and data-wait fraction.
         """
         run, tc = self.run, self.run.config.train
         run.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
-        t0, wait = time.perf_counter(), 0.0
-        for k in range(tc.grad_accum):
-            values, n, w = self._micro_step(sync=k == tc.grad_accum - 1 or run.world == 1)
-            for key, v in values.items():
-                sums[key] += v / tc.grad_accum
-            wait += w
-            self.seen += n * run.world
+        t0 = time.perf_counter()
+        wait = self._accumulate(sums)
         if tc.clip_grad_norm is not None:
             run.scaler.unscale_(run.optimizer)
             nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad_norm)

@@ -151,48 +151,85 @@ def coco_evaluate(
         ``{name: value}`` for the 12 names of :data:`COCO_STAT_NAMES`. pycocotools' -1 ("no ground truth in this
         setting", e.g. APs without small objects) is returned as NaN.
     """
-    if len(detections) != len(ground_truths):
-        raise ValueError(
-            f"detections and ground_truths must have one entry per image, got {len(detections)} and "
-            f"{len(ground_truths)}"
-        )
-    ids = list(range(1, len(detections) + 1)) if image_ids is None else [int(i) for i in image_ids]
-    if len(ids) != len(detections) or len(set(ids)) != len(ids):
-        raise ValueError(f"image_ids must be {len(detections)} distinct ids, got {len(ids)} ({len(set(ids))} distinct)")
-    if image_sizes is not None and len(image_sizes) != len(detections):
-        raise ValueError(f"got {len(image_sizes)} image sizes for {len(detections)} images")
+    ids = _image_ids(len(detections), len(ground_truths), image_ids, image_sizes)
     COCO, COCOeval = _pycocotools()
     dets = read_detections(detections)
     gts = read_ground_truths(ground_truths)
     mapping = _label_to_category(category_ids)
+    _warn_about_inputs(dets, gts)
+    images = _image_records(ids, image_sizes)
+    annotations = _annotations(gts, ids, mapping)
+    if mapping is not None:
+        categories = sorted(mapping.values())
+    else:
+        categories = sorted({int(a["category_id"]) for a in annotations} | {int(v) for d in dets for v in d.labels})
+    results = _results(dets, ids, mapping)
+    if not ids or not categories:
+        return dict.fromkeys(COCO_STAT_NAMES, math.nan)
+    dataset = {
+        "images": images,
+        "categories": [{"id": c, "name": str(c)} for c in categories],
+        "annotations": annotations,
+    }
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        stats = _run_cocoeval(COCO, COCOeval, dataset, results)
+    return {name: (math.nan if v == -1 else float(v)) for name, v in zip(COCO_STAT_NAMES, stats, strict=True)}
 
+
+def _image_ids(
+    num_dets: int, num_gts: int, image_ids: Sequence[int] | None, image_sizes: Sequence[tuple[int, int]] | None
+) -> list[int]:
+    """The COCO image ids (``1..num_dets`` by default), after checking that every per-image input has one entry per
+    image and the ids are distinct."""
+    if num_dets != num_gts:
+        raise ValueError(f"detections and ground_truths must have one entry per image, got {num_dets} and {num_gts}")
+    ids = list(range(1, num_dets + 1)) if image_ids is None else [int(i) for i in image_ids]
+    if len(ids) != num_dets or len(set(ids)) != len(ids):
+        raise ValueError(f"image_ids must be {num_dets} distinct ids, got {len(ids)} ({len(set(ids))} distinct)")
+    if image_sizes is not None and len(image_sizes) != num_dets:
+        raise ValueError(f"got {len(image_sizes)} image sizes for {num_dets} images")
+    return ids
+
+
+def _warn_about_inputs(dets: Sequence[Any], gts: Sequence[Any]) -> None:
+    """Warn (at the caller of :func:`coco_evaluate`) about what COCO evaluation treats differently than one may
+    expect: difficult boxes, more than 100 detections per image and class, boxes that look normalised."""
     num_difficult = sum(int(g.difficult.sum()) for g in gts)
     if num_difficult:
         warnings.warn(
             f"{num_difficult} ground-truth boxes are marked difficult, which COCO evaluation does not know: "
             "they are evaluated as ordinary boxes",
-            stacklevel=2,
+            stacklevel=3,
         )
     over = sum(int((np.unique(d.labels, return_counts=True)[1] > 100).sum()) for d in dets)
     if over:
         warnings.warn(
             f"{over} (image, class) pairs have more than 100 detections; COCOeval keeps the 100 best of each",
-            stacklevel=2,
+            stacklevel=3,
         )
     all_boxes = np.concatenate([np.zeros((0, 4))] + [g.boxes for g in gts])
     if all_boxes.size and np.abs(all_boxes).max() <= 1.0:
         warnings.warn(
             "all ground-truth boxes lie within [0, 1]: if they are normalised, scale them (and the detections) to "
             "pixels, since COCO's small/medium/large split is in pixels²",
-            stacklevel=2,
+            stacklevel=3,
         )
 
+
+def _image_records(ids: list[int], image_sizes: Sequence[tuple[int, int]] | None) -> list[dict[str, Any]]:
+    """The COCO ``images`` records: the id, and the height and width when given."""
     images = []
     for i, image_id in enumerate(ids):
         record: dict[str, Any] = {"id": image_id}
         if image_sizes is not None:
             record["height"], record["width"] = int(image_sizes[i][0]), int(image_sizes[i][1])
         images.append(record)
+    return images
+
+
+def _annotations(gts: Sequence[Any], ids: list[int], mapping: Mapping[int, int] | None) -> list[dict[str, Any]]:
+    """The COCO ``annotations`` of the ground truth (xywh boxes, areas, categories, crowd flags)."""
     annotations = []
     for g, image_id in zip(gts, ids, strict=True):
         xywh = _xywh(g.boxes)
@@ -210,31 +247,23 @@ def coco_evaluate(
                     "iscrowd": int(crowd),
                 }
             )
-    if mapping is not None:
-        categories = sorted(mapping.values())
-    else:
-        categories = sorted({int(a["category_id"]) for a in annotations} | {int(v) for d in dets for v in d.labels})
-    results = _results(dets, ids, mapping)
-    if not ids or not categories:
-        return dict.fromkeys(COCO_STAT_NAMES, math.nan)
+    return annotations
 
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        coco_gt = COCO()
-        coco_gt.dataset = {
-            "images": images,
-            "categories": [{"id": c, "name": str(c)} for c in categories],
-            "annotations": annotations,
-        }
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:  # loadRes indexes results[0]; an empty result set is built by hand
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": images, "categories": coco_gt.dataset["categories"], "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: (math.nan if v == -1 else float(v)) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)}
+
+def _run_cocoeval(COCO: Any, COCOeval: Any, dataset: dict[str, Any], results: list[dict[str, Any]]) -> list[float]:
+    """pycocotools' evaluate, accumulate and summarize of ``results`` against the ground-truth ``dataset``; its 12
+    stats."""
+    coco_gt = COCO()
+    coco_gt.dataset = dataset
+    coco_gt.createIndex()
+    if results:
+        coco_dt = coco_gt.loadRes(results)
+    else:  # loadRes indexes results[0]; an empty result set is built by hand
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
+        coco_dt.createIndex()
+    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return list(evaluator.stats)

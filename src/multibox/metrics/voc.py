@@ -153,68 +153,16 @@ def voc_ap(
         A :class:`VOCResult`. A class with ground truth but no detection has AP 0; one without ground truth
         has AP NaN and is left out of the mAP (with a warning if it has detections, which are then not counted).
     """
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes counts the background and must be >= 1, got {num_classes}")
-    if len(detections) != len(ground_truths):
-        raise ValueError(
-            f"detections and ground_truths must have one entry per image, got {len(detections)} and "
-            f"{len(ground_truths)}"
-        )
+    _check_arguments(len(detections), len(ground_truths), iou_threshold, num_classes)
     dets = read_detections(detections)
     gts = read_ground_truths(ground_truths)
-
     det_labels = np.concatenate([np.zeros(0, np.int64)] + [d.labels for d in dets])  # (D,)
     gt_labels = np.concatenate([np.zeros(0, np.int64)] + [g.labels for g in gts])  # (G,)
-    if num_classes is None:
-        classes = np.union1d(det_labels, gt_labels)
-    else:
-        largest = max(int(det_labels.max(initial=0)), int(gt_labels.max(initial=0)))
-        if largest >= num_classes:
-            raise ValueError(
-                f"label {largest} is out of range for num_classes={num_classes} (which counts the background, "
-                f"so labels are 1..{num_classes - 1})"
-            )
-        classes = np.arange(1, num_classes)
-
-    # Per detection: the best IoU with a same-class GT box of its image, and that box's index into the
-    # concatenated GT of all images. np.argmax takes the first box on ties, like the devkit.
-    offset = 1.0 if pixel_plus_one else 0.0
-    best_iou, best_gt = [np.zeros(0)], [np.zeros(0, np.int64)]
-    start = 0
-    for d, g in zip(dets, gts, strict=True):
-        n, m = len(d.labels), len(g.labels)
-        if n and m:
-            gt_boxes = g.boxes + np.array([0.0, 0.0, offset, offset])
-            det_boxes = d.boxes + np.array([0.0, 0.0, offset, offset])
-            iou = box_iou(torch.from_numpy(det_boxes), torch.from_numpy(gt_boxes)).numpy()  # (N, M)
-            iou = np.where(d.labels[:, None] == g.labels[None, :], iou, -np.inf)  # other classes never match
-            j = iou.argmax(axis=1)  # (N,)
-            best_iou.append(iou[np.arange(n), j])
-            best_gt.append(j + start)
-        else:
-            best_iou.append(np.full(n, -np.inf))
-            best_gt.append(np.zeros(n, np.int64))
-        start += m
-    ious = np.concatenate(best_iou)  # (D,)
-    gt_index = np.concatenate(best_gt)  # (D,)
+    classes = _reported_classes(det_labels, gt_labels, num_classes)
+    ious, gt_index = _best_boxes(dets, gts, pixel_plus_one)
     difficult = np.concatenate([np.zeros(0, bool)] + [g.difficult for g in gts])  # (G,)
     scores = np.concatenate([np.zeros(0)] + [d.scores for d in dets])  # (D,)
-
-    # Rank by class, then by descending score; both sorts stable so ties keep the input order.
-    order = np.argsort(-scores, kind="stable")
-    order = order[np.argsort(det_labels[order], kind="stable")]
-    ious, gt_index, ranked_labels = ious[order], gt_index[order], det_labels[order]
-
-    hit = ious > iou_threshold  # the devkit's strict `ovmax > ovthresh`
-    ignored = np.zeros_like(hit)
-    ignored[hit] = difficult[gt_index[hit]]  # gt_index is meaningless (0) where nothing was hit
-    candidate = np.flatnonzero(hit & ~ignored)
-    _, first = np.unique(gt_index[candidate], return_index=True)  # the first claim on each box wins
-    tp = np.zeros(len(order), dtype=bool)
-    tp[candidate[first]] = True
-    fp = ~tp & ~ignored
+    ranked_labels, tp, fp, ignored = _rank_and_mark(ious, gt_index, det_labels, scores, difficult, iou_threshold)
 
     positives = np.bincount(gt_labels[~difficult], minlength=int(classes.max(initial=0)) + 1)
     bounds = np.searchsorted(ranked_labels, np.stack([classes, classes + 1]))  # (2, K): each class's slice
@@ -222,23 +170,11 @@ def voc_ap(
     no_gt_with_dets = []
     for k, label in enumerate(classes.tolist()):
         lo, hi = bounds[0, k], bounds[1, k]
+        num_positives[label] = npos = int(positives[label])
+        if npos == 0 and hi > lo:
+            no_gt_with_dets.append(label)
         keep = ~ignored[lo:hi]
-        tp_cum = np.cumsum(tp[lo:hi][keep], dtype=np.float64)
-        fp_cum = np.cumsum(fp[lo:hi][keep], dtype=np.float64)
-        npos = int(positives[label])
-        num_positives[label] = npos
-        if npos == 0:
-            if hi > lo:
-                no_gt_with_dets.append(label)
-            ap[label] = float("nan")
-            precision[label] = _readonly(np.zeros(0))
-            recall[label] = _readonly(np.zeros(0))
-            continue
-        rec = tp_cum / npos
-        prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
-        ap[label] = average_precision(rec, prec, use_07_metric)
-        precision[label] = _readonly(prec)
-        recall[label] = _readonly(rec)
+        ap[label], precision[label], recall[label] = _class_curve(tp[lo:hi][keep], fp[lo:hi][keep], npos, use_07_metric)
     if no_gt_with_dets:
         warnings.warn(
             f"{len(no_gt_with_dets)} class(es) have detections but no non-difficult ground truth "
@@ -248,3 +184,88 @@ def voc_ap(
     defined = [v for v in ap.values() if not np.isnan(v)]
     mean_ap = float(np.mean(defined)) if defined else float("nan")
     return VOCResult(ap, mean_ap, precision, recall, num_positives, float(iou_threshold), bool(use_07_metric))
+
+
+def _check_arguments(num_dets: int, num_gts: int, iou_threshold: float, num_classes: int | None) -> None:
+    """Raise ValueError for a threshold outside [0, 1], a class count below 1 or inputs of different lengths."""
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes counts the background and must be >= 1, got {num_classes}")
+    if num_dets != num_gts:
+        raise ValueError(f"detections and ground_truths must have one entry per image, got {num_dets} and {num_gts}")
+
+
+def _reported_classes(det_labels: np.ndarray, gt_labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """The labels reported: ``1..num_classes-1`` (a label outside is an error), or those that occur if None."""
+    if num_classes is None:
+        return np.union1d(det_labels, gt_labels)
+    largest = max(int(det_labels.max(initial=0)), int(gt_labels.max(initial=0)))
+    if largest >= num_classes:
+        raise ValueError(
+            f"label {largest} is out of range for num_classes={num_classes} (which counts the background, "
+            f"so labels are 1..{num_classes - 1})"
+        )
+    return np.arange(1, num_classes)
+
+
+def _best_boxes(dets: Sequence[Any], gts: Sequence[Any], pixel_plus_one: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per detection: the best IoU with a same-class GT box of its image (-inf if none), and that box's index into
+    the concatenated GT of all images. np.argmax takes the first box on ties, like the devkit."""
+    offset = np.array([0.0, 0.0, 1.0, 1.0]) if pixel_plus_one else np.zeros(4)
+    best_iou, best_gt = [np.zeros(0)], [np.zeros(0, np.int64)]
+    start = 0
+    for d, g in zip(dets, gts, strict=True):
+        n, m = len(d.labels), len(g.labels)
+        if n and m:
+            iou = box_iou(torch.from_numpy(d.boxes + offset), torch.from_numpy(g.boxes + offset)).numpy()  # (N, M)
+            iou = np.where(d.labels[:, None] == g.labels[None, :], iou, -np.inf)  # other classes never match
+            j = iou.argmax(axis=1)  # (N,)
+            best_iou.append(iou[np.arange(n), j])
+            best_gt.append(j + start)
+        else:
+            best_iou.append(np.full(n, -np.inf))
+            best_gt.append(np.zeros(n, np.int64))
+        start += m
+    return np.concatenate(best_iou), np.concatenate(best_gt)
+
+
+def _rank_and_mark(
+    ious: np.ndarray,
+    gt_index: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    difficult: np.ndarray,
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank the detections by class, then by descending score (both sorts stable so ties keep the input order),
+    and mark each: true positive (first claim on its box), ignored (its box is difficult) or false positive.
+
+    Returns:
+        The ranked labels and the ``tp``, ``fp``, ``ignored`` masks in ranked order.
+    """
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.argsort(labels[order], kind="stable")]
+    ious, gt_index = ious[order], gt_index[order]
+    hit = ious > iou_threshold  # the devkit's strict `ovmax > ovthresh`
+    ignored = np.zeros_like(hit)
+    ignored[hit] = difficult[gt_index[hit]]  # gt_index is meaningless (0) where nothing was hit
+    candidate = np.flatnonzero(hit & ~ignored)
+    _, first = np.unique(gt_index[candidate], return_index=True)  # the first claim on each box wins
+    tp = np.zeros(len(order), dtype=bool)
+    tp[candidate[first]] = True
+    return labels[order], tp, ~tp & ~ignored, ignored
+
+
+def _class_curve(
+    tp: np.ndarray, fp: np.ndarray, npos: int, use_07_metric: bool
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """One class's AP, precision and recall from its ranked (non-ignored) tp/fp marks; NaN and empty curves for a
+    class without ground truth."""
+    if npos == 0:
+        return float("nan"), _readonly(np.zeros(0)), _readonly(np.zeros(0))
+    tp_cum = np.cumsum(tp, dtype=np.float64)
+    fp_cum = np.cumsum(fp, dtype=np.float64)
+    rec = tp_cum / npos
+    prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+    return average_precision(rec, prec, use_07_metric), _readonly(prec), _readonly(rec)

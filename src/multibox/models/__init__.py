@@ -5,7 +5,7 @@ Importing this package registers the builders (``ssd300_vgg16``, ``ssd512_vgg16`
 ``ssdlite384_efficientnet_lite2``).
 """
 
-from multibox.models import efficientnet_lite, mobilenet, resnet, tiny, vgg  # noqa: F401  (registers the builders)
+from multibox.models import mobilenet, resnet, ssdlite_efficientnet, tiny, vgg  # noqa: F401  (registers the builders)
 from multibox.models.heads import MultiboxHead
 from multibox.models.ssd import SSD, Preprocess
 from multibox.models.zoo import create_model, create_model_from_config, list_models, register_model
