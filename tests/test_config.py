@@ -62,7 +62,7 @@ def test_finetune_preset_freezes_the_backbones_early_stages_only():
     from multibox.models import create_model
 
     cfg = load_config("ssdlite320_efficientnet_lite0_finetune")
-    model = create_model(cfg.model.name, num_classes=3, pretrained=False)
+    model = create_model(cfg.model.name, num_classes=3, pretrained=False, **cfg.model.kwargs)
     total = sum(1 for _ in model.parameters())
     frozen = freeze_modules(model, cfg.train.freeze)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
@@ -72,3 +72,4 @@ def test_finetune_preset_freezes_the_backbones_early_stages_only():
     assert frozen_names and all(n.startswith(early) for n in frozen_names)
     assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith(early))
     assert (cfg.train.max_minutes, cfg.model.priors, cfg.train.optimizer) == (10, "auto", "adamw")
+    assert cfg.model.kwargs == {"stride8": True} and model.feature_maps[0] == (40, 40)
