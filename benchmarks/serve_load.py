@@ -9,7 +9,7 @@ Without ``--weights`` it builds an untrained checkpoint of ``--model`` (seeded) 
 does not depend on the weights, only on the network.
 
     taskset -c 1 python benchmarks/serve_load.py --clients 16 --seconds 10
-    python benchmarks/serve_load.py --weights runs/demo/last.pt --fast
+    python benchmarks/serve_load.py --weights runs/demo/last.pt --fast --image photo.jpg
 """
 
 from __future__ import annotations
@@ -55,6 +55,21 @@ def test_image(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def request_image(spec: str) -> tuple[bytes, int, int]:
+    """``(bytes, width, height)`` of the posted image: the file ``spec`` as it is, or a synthetic ``WxH`` JPEG."""
+    from PIL import Image
+
+    path = Path(spec)
+    if path.is_file():
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            return data, im.width, im.height
+    if not re.fullmatch(r"\d+x\d+", spec):
+        raise SystemExit(f"--image {spec}: neither an image file nor WxH")
+    width, height = (int(v) for v in spec.split("x"))
+    return test_image(width, height), width, height
 
 
 def free_port() -> int:
@@ -157,15 +172,14 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=8, help="the batching setting (compared with 1)")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=256)
-    p.add_argument("--image", default="640x480", help="WxH of the posted JPEG")
+    p.add_argument("--image", default="640x480", help="WxH of a synthetic posted JPEG, or the path of an image file")
     p.add_argument("--fast", action="store_true")
     args = p.parse_args()
-    width, height = (int(v) for v in args.image.split("x"))
-    image = test_image(width, height)
+    image, width, height = request_image(args.image)
     with tempfile.TemporaryDirectory(prefix="multibox-load-") as folder:
         weights = args.weights or make_checkpoint(args.model, Path(folder))
         cpus = sorted(os.sched_getaffinity(0))
-        print(f"{weights.name}: {args.clients} clients x {args.seconds:g} s, {width}x{height} JPEG "
+        print(f"{weights}: {args.clients} clients x {args.seconds:g} s, {width}x{height} image "
               f"({len(image)} bytes), CPU affinity {cpus}, max wait {args.max_wait_ms} ms")  # fmt: skip
         rows = [run_setting(args, weights, image, b) for b in (1, args.max_batch)]
     head = ("max batch", "runtime", "requests", "req/s", "p50 ms", "p99 ms", "errors")
