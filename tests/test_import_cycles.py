@@ -70,6 +70,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.data.transforms",
             "multibox.data.validate",
             "multibox.data.voc",
+            "multibox.data.records",
             "multibox.data.yolo",
             "multibox.data.zoom_crop",
             "multibox.models",

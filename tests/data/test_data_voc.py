@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from multibox.data import VOC_CLASSES, DatasetError, DatasetWarning, VOCDetection
-from multibox.data import voc as voc_module
+from multibox.data import records as records_module
 from multibox.data.voc import voc_to_xyxy, xyxy_to_voc
 
 BOMB = """<?xml version="1.0"?>
@@ -133,7 +133,7 @@ def test_targets_only_does_not_decode(make_voc, monkeypatch) -> None:
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded an image")
 
-    monkeypatch.setattr(voc_module, "decode_image", no_decode)
+    monkeypatch.setattr(records_module, "decode_image", no_decode)
     got = ds.targets_only()
     for a, b in zip(got, expected, strict=True):
         assert a["image_id"] == b["image_id"] and torch.equal(a["boxes"], b["boxes"])

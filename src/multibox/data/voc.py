@@ -20,7 +20,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import torch
@@ -28,16 +27,15 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 from torch import Tensor
 
-from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes, unusable_item
+from multibox.data.checks import DatasetError, Issue, IssueLog, OnError, check_boxes
 from multibox.data.image_io import (
     ExifPolicy,
     ImageInfo,
-    decode_image,
     orient_boxes,
     probe_image,
     resolve_orientation,
-    scale_to_decoded,
 )
+from multibox.data.records import ImageRecord, RecordDataset
 from multibox.io.regular import read_bytes, read_text, xml_encoding_hint
 
 __all__ = [
@@ -205,17 +203,7 @@ def find_image(images_dir: Path, filename: str | None, image_id: str, listing: d
     return None
 
 
-@dataclass(frozen=True)
-class _Record:
-    image_id: str
-    image_path: Path
-    size: tuple[int, int]  # upright (width, height)
-    boxes: Tensor  # (N, 4) float32 xyxy pixels
-    labels: Tensor  # (N,) int64
-    difficult: Tensor  # (N,) bool
-
-
-class VOCDetection(torch.utils.data.Dataset):
+class VOCDetection(RecordDataset):
     """A detection dataset in PASCAL VOC layout.
 
     Items are ``(image, target)``: ``image`` is an upright RGB ``uint8`` ``Tensor[3, H, W]`` and ``target`` a dict
@@ -303,7 +291,7 @@ class VOCDetection(torch.utils.data.Dataset):
         self.class_to_label = {name: k + 1 for k, name in enumerate(self.classes)}
         listing = {name.lower(): name for name in os.listdir(img_dir)}
         self.log = IssueLog()
-        self._records: list[_Record] = []
+        self._records: list[ImageRecord] = []
         for image_id in ids:
             try:
                 record = self._load_record(image_id, parse(image_id), img_dir, listing, exif)
@@ -329,7 +317,7 @@ class VOCDetection(torch.utils.data.Dataset):
         img_dir: Path,
         listing: dict[str, str],
         exif: ExifPolicy,
-    ) -> _Record:
+    ) -> ImageRecord:
         if isinstance(ann, DatasetError):
             raise ann
         for k, name in enumerate(ann.names):
@@ -350,7 +338,7 @@ class VOCDetection(torch.utils.data.Dataset):
         self.log.extend(check.issues(str(ann.file)))
         keep = check.keep if self.keep_difficult else check.keep & ~ann.difficult
         labels = torch.tensor([self.class_to_label[n] for n in ann.names], dtype=torch.int64)
-        return _Record(image_id, path, size, check.boxes[keep], labels[keep], ann.difficult[keep])
+        return ImageRecord(image_id, path, size, check.boxes[keep], labels[keep], ann.difficult[keep])
 
     def _upright_boxes(self, ann: VOCAnnotation, info: ImageInfo, exif: ExifPolicy) -> tuple[Tensor, tuple[int, int]]:
         """Boxes in continuous pixels of the upright image, and its ``(width, height)``."""
@@ -367,54 +355,6 @@ class VOCDetection(torch.utils.data.Dataset):
         if resolve_orientation(info, ann.size, exif):
             boxes = orient_boxes(boxes, info.orientation, info.stored_size)
         return boxes, info.size
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def image_ids(self) -> list[str]:
-        """The id of every item, in order."""
-        return [r.image_id for r in self._records]
-
-    def image_path(self, index: int) -> Path:
-        """The image file of item ``index``."""
-        return self._records[index].image_path
-
-    def image_size(self, index: int) -> tuple[int, int]:
-        """``(width, height)`` of the upright image of item ``index`` (from its header; nothing is decoded)."""
-        return self._records[index].size
-
-    def get_target(self, index: int) -> dict[str, Any]:
-        """The target dict of item ``index`` without decoding its image (the fast path for statistics/evaluation)."""
-        r = self._records[index]
-        return {
-            "boxes": r.boxes.clone(),
-            "labels": r.labels.clone(),
-            "difficult": r.difficult.clone(),
-            "image_id": r.image_id,
-            "orig_size": torch.tensor([r.size[1], r.size[0]], dtype=torch.int64),
-        }
-
-    def num_boxes(self) -> int:
-        """How many boxes the items hold in all (from the annotations; nothing is decoded or probed)."""
-        return sum(int(r.boxes.shape[0]) for r in self._records)
-
-    def targets_only(self) -> list[dict[str, Any]]:
-        """Every item's target dict, in order, without decoding any image."""
-        return [self.get_target(i) for i in range(len(self))]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
-        r = self._records[index]
-        try:
-            image, info = decode_image(r.image_path, self.decode_max_side)  # (3, H, W) uint8, upright
-            if info.size != r.size:
-                raise OSError(
-                    f"{r.image_path}: its header now says {info.size[0]}x{info.size[1]} but it said "
-                    f"{r.size[0]}x{r.size[1]} when the dataset was built (was the file replaced?)"
-                )
-        except OSError as exc:
-            return unusable_item(repr(self), index, exc, self.on_error)
-        return image, scale_to_decoded(self.get_target(index), r.size, image)
 
     def __repr__(self) -> str:
         return f"VOCDetection(root={str(self.root)!r}, split={self.split!r}, images={len(self._records)})"

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from multibox.data.checks import DatasetError, DatasetWarning, Issue, IssueLog, OnError, check_boxes, unusable_item
-from multibox.data.image_io import decode_image, probe_image, scale_to_decoded
+from multibox.data.checks import DatasetError, DatasetWarning, Issue, IssueLog, OnError, check_boxes
+from multibox.data.image_io import probe_image
+from multibox.data.records import ImageRecord, RecordDataset
 from multibox.data.voc import IMAGE_EXTENSIONS
 from multibox.io.regular import read_text
 from multibox.user_input import parse_yaml
@@ -200,16 +201,7 @@ def parse_yolo_labels(path: Path, num_classes: int) -> tuple[Tensor, Tensor]:
     return torch.tensor(rows, dtype=torch.float64).reshape(-1, 4), torch.tensor(ids, dtype=torch.int64)
 
 
-@dataclass(frozen=True)
-class _Record:
-    image_id: str
-    image_path: Path
-    size: tuple[int, int]  # upright (width, height)
-    boxes: Tensor  # (N, 4) float32 xyxy pixels
-    labels: Tensor  # (N,) int64 in 1..K
-
-
-class YOLODetection(torch.utils.data.Dataset):
+class YOLODetection(RecordDataset):
     """A detection dataset in YOLO format; items as :class:`~multibox.data.VOCDetection`'s.
 
     Args:
@@ -247,7 +239,7 @@ class YOLODetection(torch.utils.data.Dataset):
         self.source, self.split, self.on_error, self.root = info.source, split, on_error, info.root
         self.log = IssueLog()
         self.missing_labels = 0
-        self._records: list[_Record] = []
+        self._records: list[ImageRecord] = []
         for path in info.splits[split]:
             try:
                 self._records.append(self._load_record(path, len(own)))
@@ -263,7 +255,7 @@ class YOLODetection(torch.utils.data.Dataset):
                 stacklevel=2,
             )
 
-    def _load_record(self, path: Path, num_own: int) -> _Record:
+    def _load_record(self, path: Path, num_own: int) -> ImageRecord:
         if not path.is_file():
             raise DatasetError(f"{path}: image listed by {self.source} not found")
         try:
@@ -285,52 +277,10 @@ class YOLODetection(torch.utils.data.Dataset):
         image_id = (
             path.relative_to(self.root).with_suffix("").as_posix() if path.is_relative_to(self.root) else path.stem
         )
-        return _Record(image_id, path, size, check.boxes[check.keep], self._lut[ids][check.keep])
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def image_ids(self) -> list[str]:
-        """The id of every item (its image path relative to the images root, without the extension)."""
-        return [r.image_id for r in self._records]
-
-    def image_path(self, index: int) -> Path:
-        return self._records[index].image_path
-
-    def image_size(self, index: int) -> tuple[int, int]:
-        """``(width, height)`` of the upright image of item ``index``."""
-        return self._records[index].size
-
-    def get_target(self, index: int) -> dict[str, Any]:
-        """The target dict of item ``index`` without decoding its image."""
-        r = self._records[index]
-        return {
-            "boxes": r.boxes.clone(),
-            "labels": r.labels.clone(),
-            "difficult": torch.zeros(len(r.labels), dtype=torch.bool),
-            "image_id": r.image_id,
-            "orig_size": torch.tensor([r.size[1], r.size[0]], dtype=torch.int64),
-        }
-
-    def num_boxes(self) -> int:
-        return sum(int(r.boxes.shape[0]) for r in self._records)
-
-    def targets_only(self) -> list[dict[str, Any]]:
-        return [self.get_target(i) for i in range(len(self))]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
-        r = self._records[index]
-        try:
-            image, info = decode_image(r.image_path, self.decode_max_side)  # (3, H, W) uint8, upright
-            if info.size != r.size:
-                raise OSError(
-                    f"{r.image_path}: its header now says {info.size[0]}x{info.size[1]} but it said "
-                    f"{r.size[0]}x{r.size[1]} when the dataset was built (was the file replaced?)"
-                )
-        except OSError as exc:
-            return unusable_item(repr(self), index, exc, self.on_error)
-        return image, scale_to_decoded(self.get_target(index), r.size, image)
+        labels = self._lut[ids][check.keep]
+        return ImageRecord(
+            image_id, path, size, check.boxes[check.keep], labels, torch.zeros(len(labels), dtype=torch.bool)
+        )
 
     def __repr__(self) -> str:
         return f"YOLODetection(source={str(self.source)!r}, split={self.split!r}, images={len(self._records)})"
