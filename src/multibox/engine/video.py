@@ -91,6 +91,99 @@ def _records(dets: Any, names: Sequence[str]) -> list[dict[str, Any]]:
                                          strict=True)]  # fmt: skip
 
 
+def _import_av() -> Any:
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("reading videos needs PyAV: pip install 'multibox[video]'") from err
+    return av
+
+
+def _open_video(av: Any, path: Path) -> Any:
+    """Open ``path`` for decoding; a ValueError naming it if it is no video or has no video stream."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as a video ({exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path}: has no video stream")
+    return container
+
+
+def _detect_batch(model: nn.Module, batch: list[torch.Tensor], transform: Any, dev: Any, height: int, width: int,
+                  post: dict[str, Any]) -> list[Any]:  # fmt: skip
+    """Detections in pixels of a ``height`` x ``width`` frame, on the CPU, for each frame of ``batch``."""
+    from multibox.postprocess import postprocess
+
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    x = torch.stack([transform(f, *empty, None)[0] for f in batch]).to(dev)
+    dets = postprocess(model(x), model.priors.to(dev), **post)
+    out = []
+    for d in dets:
+        d = d.to_pixels(height, width)
+        out.append(type(d)(*(t.cpu() for t in d)))
+    return out
+
+
+def _prepare_model(model: nn.Module, device: str) -> tuple[Any, Any]:
+    """Put ``model`` in eval mode on ``device``; return the device and the model's evaluation transform."""
+    from multibox.data import eval_transform
+    from multibox.runtime import resolve_device
+
+    dev = resolve_device(device)
+    model.eval().to(dev)
+    pre = model.preprocess
+    return dev, eval_transform(pre.image_size, pre.mean, pre.std)
+
+
+def _decode_in_batches(container: Any, batch_size: int, flush: Any, size: list[int]) -> None:
+    """Decode every frame, calling ``flush`` on each ``batch_size`` of them and on the rest; ``size`` is kept at
+    the ``[height, width]`` of the last decoded frame."""
+    batch: list[torch.Tensor] = []
+    for frame in _frames(container):
+        size[:] = frame.shape[-2:]
+        batch.append(frame)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+
+
+def _output_paths(out: Path, stem: str) -> tuple[Path, Path]:
+    """Create ``out``; the annotated video's and the JSON's paths in it."""
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{stem}_det.mp4", out / f"{stem}_det.json"
+
+
+class _VideoSink:
+    """The annotated video (opened at its first frame) and the per-frame JSON records."""
+
+    def __init__(self, path: Path, fps: Fraction, class_names: Sequence[str], score_thresh: float) -> None:
+        self.path, self.fps, self.class_names, self.score_thresh = path, fps, class_names, score_thresh
+        self.writer: tuple[Any, Any] | None = None
+        self.frames: list[dict[str, Any]] = []
+
+    def add(self, frame: torch.Tensor, dets: Any, height: int, width: int) -> None:
+        """Draw and encode one frame and record its detections."""
+        from multibox.viz import draw_detections
+
+        if self.writer is None:
+            self.writer = _open_writer(self.path, self.fps, width, height)
+        _encode(*self.writer, draw_detections(frame, dets, self.class_names, score_thresh=self.score_thresh))
+        n = len(self.frames)
+        self.frames.append({"frame": n, "time": round(float(n / self.fps), 4),
+                            "detections": _records(dets, self.class_names)})  # fmt: skip
+
+    def close(self) -> None:
+        """Flush the encoder and close the output video, if one was opened."""
+        if self.writer is not None:
+            for packet in self.writer[1].encode():  # flush the encoder
+                self.writer[0].mux(packet)
+            self.writer[0].close()
+
+
 @torch.inference_mode()
 def detect_video(
     model: nn.Module,
@@ -124,77 +217,43 @@ def detect_video(
         ValueError: the file cannot be opened as a video or has no video stream (the message names it).
         ImportError: PyAV is not installed (the message says which extra to install).
     """
-    try:
-        import av
-    except ImportError as err:
-        raise ImportError("reading videos needs PyAV: pip install 'multibox[video]'") from err
+    av = _import_av()
     from tqdm import tqdm
 
-    from multibox.data import eval_transform
-    from multibox.postprocess import postprocess
-    from multibox.runtime import resolve_device
-    from multibox.viz import draw_detections
-
-    path, out = Path(path), Path(out_dir)
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise ValueError(f"{path}: cannot be read as a video ({exc})") from exc
-    if not container.streams.video:
-        container.close()
-        raise ValueError(f"{path}: has no video stream")
+    path = Path(path)
+    container = _open_video(av, path)
     stream = container.streams.video[0]
     fps = stream.average_rate or Fraction(25)
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    pre = model.preprocess
-    transform = eval_transform(pre.image_size, pre.mean, pre.std)
-    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
-    out.mkdir(parents=True, exist_ok=True)
-    video_out, json_out = out / f"{path.stem}_det.mp4", out / f"{path.stem}_det.json"
-    writer = None
-    frames: list[dict[str, Any]] = []
-    width = height = 0
+    dev, transform = _prepare_model(model, device)
+    post = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "top_k": top_k}
+    video_out, json_out = _output_paths(Path(out_dir), path.stem)
+    sink = _VideoSink(video_out, fps, class_names, score_thresh)
+    size = [0, 0]  # (height, width) of the last decoded frame
     bar = tqdm(total=stream.frames or None, desc=path.name, unit="frame", disable=not progress, dynamic_ncols=True)
 
     def flush(batch: list[torch.Tensor]) -> None:
-        nonlocal writer
-        x = torch.stack([transform(f, *empty, None)[0] for f in batch]).to(dev)
-        dets = postprocess(model(x), model.priors.to(dev), score_thresh=score_thresh, nms_thresh=nms_thresh,
-                           top_k=top_k)  # fmt: skip
-        for frame, d in zip(batch, dets, strict=True):
-            d = d.to_pixels(height, width)
-            d = type(d)(*(t.cpu() for t in d))
-            if writer is None:
-                writer = _open_writer(video_out, fps, width, height)
-            _encode(*writer, draw_detections(frame, d, class_names, score_thresh=score_thresh))
-            n = len(frames)
-            frames.append({"frame": n, "time": round(float(n / fps), 4), "detections": _records(d, class_names)})
+        for frame, d in zip(batch, _detect_batch(model, batch, transform, dev, *size, post), strict=True):
+            sink.add(frame, d, *size)
         bar.update(len(batch))
 
     try:
-        batch: list[torch.Tensor] = []
-        for frame in _frames(container):
-            height, width = frame.shape[-2:]
-            batch.append(frame)
-            if len(batch) == batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
+        _decode_in_batches(container, batch_size, flush, size)
     except av.error.FFmpegError as exc:  # a truncated or corrupt stream: keep what was decoded, say so
-        warnings.warn(f"{path}: decoding stopped after {len(frames)} frame(s): {exc}", stacklevel=2)
+        warnings.warn(f"{path}: decoding stopped after {len(sink.frames)} frame(s): {exc}", stacklevel=2)
     finally:
         bar.close()
         container.close()
-        if writer is not None:
-            for packet in writer[1].encode():  # flush the encoder
-                writer[0].mux(packet)
-            writer[0].close()
+        sink.close()
+    return _write_json(path, video_out, json_out, fps, int(size[1]), int(size[0]), sink.frames)
+
+
+def _write_json(path: Path, video_out: Path, json_out: Path, fps: Fraction, width: int, height: int,
+                frames: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """Write the per-frame JSON; the summary :func:`detect_video` returns (a ValueError if no frame was decoded)."""
     if not frames:
         raise ValueError(f"{path}: no frame could be decoded")
-    record = {"video": str(path), "fps": float(fps), "width": int(width), "height": int(height), "frames": frames}
+    record = {"video": str(path), "fps": float(fps), "width": width, "height": height, "frames": frames}
     json_out.write_text(json.dumps(record))
     n = sum(len(f["detections"]) for f in frames)
     return {"video": str(path), "output": str(video_out), "json": str(json_out), "frames": len(frames),
-            "detections": n, "fps": float(fps), "width": int(width), "height": int(height)}  # fmt: skip
+            "detections": n, "fps": float(fps), "width": width, "height": height}  # fmt: skip
