@@ -162,6 +162,90 @@ def _check_args(score_thresh: float, nms_thresh: float, pre_nms_top_k: int, top_
         raise ValueError(f"opset must be >= 13 (tested: 13, 17, 18, 20), got {opset}")
 
 
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("ONNX export needs the 'onnx' package: pip install 'multibox[export]'") from e
+    return onnx
+
+
+def _trace_sample(net: nn.Module, sample: Tensor | None) -> Tensor:
+    """``sample`` as float on the model's device (random pixels if None); a ValueError if not ``[B, 3, H, W]``."""
+    h, w = net.image_size
+    sample = random_sample(net, 1) if sample is None else sample.to(next(net.parameters()).device, torch.float32)
+    if sample.dim() != 4 or tuple(sample.shape[1:]) != (3, h, w):
+        raise ValueError(f"sample must be [B, 3, {h}, {w}], got {list(sample.shape)}")
+    return sample
+
+
+def _trace(
+    graph: nn.Module, sample: Tensor, path: Path, *, opset: int, outputs: Sequence[str], dynamic_batch: bool
+) -> None:
+    """Trace ``graph`` on ``sample`` into ``path`` with the TorchScript exporter, its known warnings silenced."""
+    with warnings.catch_warnings(), torch.no_grad(), writing(path, "ONNX model"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # clip_boxes' x[..., 0::2]
+        torch.onnx.export(
+            graph,
+            (sample,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in ("images", *outputs)} if dynamic_batch else None,
+            do_constant_folding=True,
+        )
+
+
+def _write_metadata(onnx: Any, path: Path, metadata: dict[str, str]) -> None:
+    """Replace the file's ``metadata_props`` with ``metadata`` and set its doc string."""
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"{json.loads(metadata['model'])} exported by multibox.export_onnx"
+    with writing(path, "ONNX model"):
+        onnx.save(proto, str(path))
+
+
+def _export_file(
+    onnx: Any,
+    graph: nn.Module,
+    sample: Tensor,
+    path: Path,
+    metadata: dict[str, str],
+    *,
+    opset: int,
+    dynamic_batch: bool,
+    image_size: tuple[int, int],
+    with_postprocess: bool,
+) -> ExportResult:
+    """Trace ``graph`` into ``path``, write ``metadata`` into it; the result, timed, before any check."""
+    outputs = DETECTION_OUTPUTS if with_postprocess else RAW_OUTPUTS
+    start = time.perf_counter()
+    _trace(graph, sample, path, opset=opset, outputs=outputs, dynamic_batch=dynamic_batch)
+    _write_metadata(onnx, path, metadata)
+    return ExportResult(
+        path=path,
+        image_size=image_size,
+        with_postprocess=with_postprocess,
+        export_seconds=time.perf_counter() - start,
+        size_bytes=path.stat().st_size,
+        metadata=metadata,
+    )
+
+
+def _check_export(result: ExportResult, graph: nn.Module, net: nn.Module, sample: Tensor, dynamic_batch: bool) -> None:
+    """Compare onnxruntime with PyTorch on ``sample`` (and a batch of another size if dynamic); fill ``result``."""
+    graph.eval()  # the exporter restores the wrapper's mode, train() included
+    batches = [sample] + ([random_sample(net, sample.shape[0] + 1, seed=1)] if dynamic_batch else [])
+    result.max_abs_diff = check_onnx(result.path, graph, batches)
+    result.checked_batches = tuple(int(b.shape[0]) for b in batches)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -202,61 +286,23 @@ def export_onnx(
         ExportMismatchError: onnxruntime disagrees with PyTorch.
         ImportError: ``onnx`` (or, with ``check``, ``onnxruntime``) is not installed.
     """
-    try:
-        import onnx
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX export needs the 'onnx' package: pip install 'multibox[export]'") from e
+    onnx = _import_onnx()
     _check_args(score_thresh, nms_thresh, pre_nms_top_k, top_k, opset)
     net = _at_size(model, image_size)
     h, w = net.image_size
-    sample = random_sample(net, 1) if sample is None else sample.to(next(net.parameters()).device, torch.float32)
-    if sample.dim() != 4 or tuple(sample.shape[1:]) != (3, h, w):
-        raise ValueError(f"sample must be [B, 3, {h}, {w}], got {list(sample.shape)}")
+    sample = _trace_sample(net, sample)
     post = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "pre_nms_top_k": pre_nms_top_k, "top_k": top_k}
     metadata = onnx_metadata(net, with_postprocess=with_postprocess, class_names=class_names, **post)
     graph = (DetectionGraph(net, **post) if with_postprocess else RawGraph(net)).eval()
-    outputs = DETECTION_OUTPUTS if with_postprocess else RAW_OUTPUTS
     path = Path(path)
     with writing(path, "ONNX model"):
         path.parent.mkdir(parents=True, exist_ok=True)
     was_training = net.training
-    start = time.perf_counter()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), writing(path, "ONNX model"):
-            warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # clip_boxes' x[..., 0::2]
-            torch.onnx.export(
-                graph,
-                (sample,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["images"],
-                output_names=list(outputs),
-                dynamic_axes={name: {0: "batch"} for name in ("images", *outputs)} if dynamic_batch else None,
-                do_constant_folding=True,
-            )
-        proto = onnx.load(str(path))
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            proto.metadata_props.add(key=key, value=value)
-        proto.doc_string = f"{json.loads(metadata['model'])} exported by multibox.export_onnx"
-        with writing(path, "ONNX model"):
-            onnx.save(proto, str(path))
-        result = ExportResult(
-            path=path,
-            image_size=(h, w),
-            with_postprocess=with_postprocess,
-            export_seconds=time.perf_counter() - start,
-            size_bytes=path.stat().st_size,
-            metadata=metadata,
-        )
+        result = _export_file(onnx, graph, sample, path, metadata, opset=opset, dynamic_batch=dynamic_batch,
+                              image_size=(h, w), with_postprocess=with_postprocess)  # fmt: skip
         if check:
-            graph.eval()  # the exporter restores the wrapper's mode, train() included
-            batches = [sample] + ([random_sample(net, sample.shape[0] + 1, seed=1)] if dynamic_batch else [])
-            result.max_abs_diff = check_onnx(path, graph, batches)
-            result.checked_batches = tuple(int(b.shape[0]) for b in batches)
+            _check_export(result, graph, net, sample, dynamic_batch)
     finally:
         net.train(was_training)
     return result
