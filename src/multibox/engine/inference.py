@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,42 @@ from multibox.runtime import Runner, fastest_path, load_detector, prepare, resol
 from multibox.structures import Detections
 
 __all__ = ["detect", "model_info"]
+
+
+def _model_and_names(weights: str | Path | nn.Module, class_names: Sequence[str] | None) -> tuple[nn.Module, list[str]]:
+    """The detector (loaded from a checkpoint unless given) and its class names, ``class_names`` overriding."""
+    if isinstance(weights, nn.Module):
+        model, names = weights, list(class_names or [])
+    else:
+        model, names = load_detector(weights)
+    return model, (list(class_names) if class_names is not None else names)
+
+
+def _batch_detector(
+    model: nn.Module, device: str, fast: bool, post: dict[str, Any]
+) -> Callable[[list[torch.Tensor]], list[tuple[int, int, Detections]]]:
+    """Put ``model`` in eval mode on ``device``; a function from a list of ``uint8 Tensor[3, H, W]`` images to
+    ``(width, height, detections in pixels on the CPU)`` per image, post-processed with ``post``."""
+    from multibox.data import eval_transform
+
+    dev = resolve_device(device)
+    model.eval().to(dev)
+    pre = model.preprocess
+    runner = prepare(model, dev, fastest_path(dev)) if fast else Runner(model)
+    transform = eval_transform(pre.image_size, pre.mean, pre.std)
+    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+
+    def detect_batch(images: list[torch.Tensor]) -> list[tuple[int, int, Detections]]:
+        batch = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in images]).to(dev)
+        pred = runner(batch)
+        dets = postprocess(pred, model.priors.to(dev), **post)
+        out = []
+        for im, d in zip(images, dets, strict=True):
+            h, w = im.shape[-2:]
+            out.append((w, h, Detections(*(t.cpu() for t in d.to_pixels(h, w)))))
+        return out
+
+    return detect_batch
 
 
 @torch.inference_mode()
@@ -59,33 +95,14 @@ def detect(
         FileNotFoundError: no image file among ``inputs``.
         ValueError: ``batch_size`` < 1 or ``score_thresh`` outside [0, 1].
     """
-    from multibox.data import eval_transform, read_image
+    from multibox.data import read_image
 
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
     found = find_images(inputs, exclude=out_dir)
-    if isinstance(weights, nn.Module):
-        model, names = weights, list(class_names or [])
-    else:
-        model, names = load_detector(weights)
-    names = list(class_names) if class_names is not None else names
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    pre = model.preprocess
-    runner = prepare(model, dev, fastest_path(dev)) if fast else Runner(model)
-    transform = eval_transform(pre.image_size, pre.mean, pre.std)
-    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-
-    def detect_batch(images: list[torch.Tensor]) -> list[tuple[int, int, Detections]]:
-        batch = torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in images]).to(dev)
-        pred = runner(batch)
-        dets = postprocess(pred, model.priors.to(dev), score_thresh=score_thresh, nms_thresh=nms_thresh, top_k=top_k)
-        out = []
-        for im, d in zip(images, dets, strict=True):
-            h, w = im.shape[-2:]
-            out.append((w, h, Detections(*(t.cpu() for t in d.to_pixels(h, w)))))
-        return out
-
+    model, names = _model_and_names(weights, class_names)
+    post = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "top_k": top_k}
+    detect_batch = _batch_detector(model, device, fast, post)
     return run_detection(
         found, read_image, detect_batch, batch_size=batch_size, names=names, out_dir=out_dir, draw=draw,
         score_thresh=score_thresh, on_error=on_error,
