@@ -251,22 +251,40 @@ def verify_detections(
     Raises:
         ExportMismatchError: naming the image, the class and what is not allowed.
     """
-    b, a, c = probs.shape
+    b, a, _ = probs.shape
     if np.shape(got["num_detections"]) != (b,):
         raise ExportMismatchError(f"num_detections: shape {list(np.shape(got['num_detections']))}, expected [{b}]")
     rule = _ClassRule(score_thresh, nms_thresh, min(pre_nms_top_k, a), score_atol, iou_atol)
     worst = {"boxes": 0.0, "scores": 0.0}
     for i in range(b):
-        det_boxes, det_scores, det_labels = _image_detections(got, i, c, top_k, score_atol)
-        cut = float(det_scores[-1]) + 2 * score_atol if len(det_scores) == top_k else -math.inf
-        for label in range(1, c):
-            mine = det_labels == label
-            where = f"image {i}, class {label}"
-            kept, box_err, score_err = _match(
-                probs[i, :, label], boxes[i], det_boxes[mine], det_scores[mine], box_atol, score_atol, where
-            )
-            rule.check(probs[i, :, label], boxes[i], kept, cut, where)
-            worst = {"boxes": max(worst["boxes"], box_err), "scores": max(worst["scores"], score_err)}
+        worst = _verify_image(probs[i], boxes[i], got, i, rule, top_k, box_atol, score_atol, worst)
+    return worst
+
+
+def _verify_image(
+    probs: Tensor,
+    boxes: Tensor,
+    got: Mapping[str, np.ndarray],
+    i: int,
+    rule: _ClassRule,
+    top_k: int,
+    box_atol: float,
+    score_atol: float,
+    worst: dict[str, float],
+) -> dict[str, float]:
+    """:func:`verify_detections` for image ``i`` (``probs [A, C]``, ``boxes [A, 4]``, ``got`` the whole batch's);
+    ``worst`` updated with its largest differences."""
+    c = probs.shape[-1]
+    det_boxes, det_scores, det_labels = _image_detections(got, i, c, top_k, score_atol)
+    cut = float(det_scores[-1]) + 2 * score_atol if len(det_scores) == top_k else -math.inf
+    for label in range(1, c):
+        mine = det_labels == label
+        where = f"image {i}, class {label}"
+        kept, box_err, score_err = _match(
+            probs[:, label], boxes, det_boxes[mine], det_scores[mine], box_atol, score_atol, where
+        )
+        rule.check(probs[:, label], boxes, kept, cut, where)
+        worst = {"boxes": max(worst["boxes"], box_err), "scores": max(worst["scores"], score_err)}
     return worst
 
 
