@@ -52,6 +52,25 @@ def _collate(batch: list[Any]) -> tuple[torch.Tensor, list[dict[str, Any]], list
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch], [b[2] for b in batch]
 
 
+def _eval_runner(
+    model: nn.Module,
+    device: torch.device,
+    *,
+    amp: str,
+    channels_last: bool,
+    fast: bool,
+    int8_calibration: torch.Tensor | None,
+) -> Runner:
+    """How :func:`predict_dataset` runs ``model`` (already in eval mode on ``device``): the fastest path (int8 with
+    a calibration batch), or eager with ``amp`` autocast and optionally channels_last."""
+    if fast or int8_calibration is not None:
+        path = fastest_path(device, int8=int8_calibration is not None)
+        return prepare(model, device, path, int8_calibration)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return Runner(model, functools.partial(autocast_context, device, amp), channels_last, "eager")
+
+
 @torch.inference_mode()
 def predict_dataset(
     model: nn.Module,
@@ -87,14 +106,10 @@ def predict_dataset(
     items = _EvalItems(dataset, eval_transform(pre.image_size, pre.mean, pre.std))
     loader = DataLoader(items, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     model.eval().to(device)
-    if fast or int8_calibration is not None:
-        path = fastest_path(device, int8=int8_calibration is not None)
-        runner = prepare(model, device, path, int8_calibration)
-    else:
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        runner = Runner(model, functools.partial(autocast_context, device, amp), channels_last, "eager")
+    runner = _eval_runner(model, device, amp=amp, channels_last=channels_last, fast=fast,
+                          int8_calibration=int8_calibration)  # fmt: skip
     priors = model.priors.to(device)
+    post = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "pre_nms_top_k": pre_nms_top_k, "top_k": top_k}
     dets: list[Detections] = []
     targets: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -103,14 +118,7 @@ def predict_dataset(
             continue
         images, tgts, sizes = batch
         pred = runner(images.to(device))
-        out = postprocess(
-            pred,
-            priors,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            pre_nms_top_k=pre_nms_top_k,
-            top_k=top_k,
-        )
+        out = postprocess(pred, priors, **post)
         for d, (h, w) in zip(out, sizes, strict=True):
             dets.append(Detections(*(t.cpu() for t in d.to_pixels(h, w))))
         targets += tgts
