@@ -139,6 +139,31 @@ def _holdout(config: Config, train_set: Any, run_dir: Path, reuse: str | Path | 
     return path, len(split["train"]), len(split["val"])
 
 
+def _plan_notes(
+    config: Config,
+    source: DataSource,
+    classes: tuple[str, ...],
+    counts: tuple[int, int],
+    split_path: Path | None,
+    run_dir: Path,
+    dev: Any,
+) -> list[str]:
+    """The plan's summary for people: data, classes, image counts, model and precision, budget, run folder."""
+    n_train, n_val = counts
+    hold = f"held out {n_val} of the training images (seed {config.train.seed}, {split_path})" if split_path else ""
+    tc = config.train
+    return [
+        f"data: {source.description}",
+        f"classes ({len(classes)}): {', '.join(classes)}",
+        f"images: train {n_train}, val {n_val}{' (' + hold + ')' if hold else ''}"
+        + (", test split present" if source.has_test else ", no test split"),
+        f"model: {config.model.name} at {config.model.image_size}, device {dev}, amp {tc.amp}, "
+        f"channels_last {tc.channels_last}, batch {tc.batch_size}, evaluating every {tc.eval_every} steps",
+        "budget: " + (f"{tc.max_minutes:g} min" if tc.max_minutes else f"{tc.epochs} epochs"),
+        f"run folder: {run_dir}",
+    ]
+
+
 def plan_run(
     data: str | Path,
     *,
@@ -155,7 +180,7 @@ def plan_run(
     """Compose a training run on the dataset at ``data`` (see the module docstring).
 
     Args:
-        data: the dataset (see :func:`detect_format`).
+        data: the dataset (see :func:`~multibox.data.formats.detect_format`).
         model: a registered model (default the preset's); another model than the preset's drops its ``freeze`` list
             and builder arguments.
         epochs: passes over the training images.
@@ -194,18 +219,7 @@ def plan_run(
     if not any(o.startswith("train.eval_every=") for o in overrides):
         tree["train"]["eval_every"] = max(1, n_train // batch)  # about once per epoch
     config = config_from_dict(tree)
-    hold = f"held out {n_val} of the training images (seed {config.train.seed}, {split_path})" if split_path else ""
-    tc = config.train
-    notes = [
-        f"data: {source.description}",
-        f"classes ({len(classes)}): {', '.join(classes)}",
-        f"images: train {n_train}, val {n_val}{' (' + hold + ')' if hold else ''}"
-        + (", test split present" if source.has_test else ", no test split"),
-        f"model: {config.model.name} at {config.model.image_size}, device {dev}, amp {tc.amp}, "
-        f"channels_last {tc.channels_last}, batch {batch}, evaluating every {tc.eval_every} steps",
-        "budget: " + (f"{tc.max_minutes:g} min" if tc.max_minutes else f"{tc.epochs} epochs"),
-        f"run folder: {run_dir}",
-    ]
+    notes = _plan_notes(config, source, classes, (n_train, n_val), split_path, run_dir, dev)
     return RunPlan(config, source, run_dir, classes, n_train, n_val, split_path, notes)
 
 
