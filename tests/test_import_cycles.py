@@ -56,6 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.data",
             "multibox.data.anchors",
             "multibox.data.checks",
+            "multibox.data.formats",
             "multibox.data.coco",
             "multibox.data.coco_json",
             "multibox.data.combine",

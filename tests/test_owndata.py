@@ -14,10 +14,11 @@ from multibox.config import load_config
 from multibox.data import ShapesDataset, write_voc
 from multibox.data.checks import DatasetError
 from multibox.data.combine import DetectionConcat
+from multibox.data.formats import detect_format
 from multibox.data.holdout import apply_split, make_split, read_split_file
 from multibox.data.yolo import write_yolo
 from multibox.engine.builders import build_dataset
-from multibox.engine.owndata import DEFAULT_PRESET, detect_format, next_run_dir, parse_duration, plan_run
+from multibox.engine.owndata import DEFAULT_PRESET, next_run_dir, parse_duration, plan_run
 
 
 def _voc(root: Path, n_train: int = 12, n_test: int = 0, seed: int = 1) -> Path:

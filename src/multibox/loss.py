@@ -157,6 +157,35 @@ def _check_targets(gt_boxes: Tensor, gt_labels: Tensor, present: Tensor, valid: 
     return int(n_degenerate)
 
 
+def _check_shapes(cls_logits: Tensor, targets: Sequence[tuple[Tensor, Tensor]], priors: Tensor) -> None:
+    """Raise ValueError unless the targets, priors and label dtypes fit the ``[B, A, C]`` logits."""
+    b, a, _ = cls_logits.shape
+    if len(targets) != b:
+        raise ValueError(f"got {len(targets)} targets for a batch of {b} images")
+    if priors.shape != (a, 4):
+        raise ValueError(f"priors have shape {tuple(priors.shape)} but the predictions have {a} boxes")
+    for i, (_, lb) in enumerate(targets):
+        if lb.is_floating_point():
+            raise ValueError(f"image {i} of the batch has labels of dtype {lb.dtype}; labels must be integers (int64)")
+
+
+def _padded_targets(
+    targets: Sequence[tuple[Tensor, Tensor]], device: torch.device, num_classes: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's padded ``(boxes, labels, valid)``, checked; warns (at the loss's caller) about dropped boxes."""
+    gt_boxes, gt_labels, valid = pad_targets(targets, device)
+    lengths = torch.tensor([int(bx.shape[0]) for bx, _ in targets], device=gt_labels.device)
+    present = torch.arange(gt_labels.shape[1], device=gt_labels.device) < lengths[:, None]  # (B, G)
+    dropped = _check_targets(gt_boxes, gt_labels, present, valid, num_classes)
+    if dropped:
+        warnings.warn(
+            f"multibox_loss: ignored {dropped} ground-truth box(es) without positive width/height; clean the "
+            "annotations (see `multibox scan`)",
+            stacklevel=3,
+        )
+    return gt_boxes, gt_labels, valid
+
+
 def multibox_loss(
     pred: Prediction,
     targets: Sequence[tuple[Tensor, Tensor]],
@@ -193,26 +222,9 @@ def multibox_loss(
     """
     if mining not in MINING:
         raise ValueError(f"unknown mining {mining!r}; use one of {list(MINING)}")
-    cls_logits = pred.cls_logits.float()
-    box_deltas = pred.box_deltas.float()
-    b, a, c = cls_logits.shape
-    if len(targets) != b:
-        raise ValueError(f"got {len(targets)} targets for a batch of {b} images")
-    if priors.shape != (a, 4):
-        raise ValueError(f"priors have shape {tuple(priors.shape)} but the predictions have {a} boxes")
-    for i, (_, lb) in enumerate(targets):
-        if lb.is_floating_point():
-            raise ValueError(f"image {i} of the batch has labels of dtype {lb.dtype}; labels must be integers (int64)")
-    gt_boxes, gt_labels, valid = pad_targets(targets, cls_logits.device)
-    lengths = torch.tensor([int(bx.shape[0]) for bx, _ in targets], device=gt_labels.device)
-    present = torch.arange(gt_labels.shape[1], device=gt_labels.device) < lengths[:, None]  # (B, G)
-    dropped = _check_targets(gt_boxes, gt_labels, present, valid, c)
-    if dropped:
-        warnings.warn(
-            f"multibox_loss: ignored {dropped} ground-truth box(es) without positive width/height; clean the "
-            "annotations (see `multibox scan`)",
-            stacklevel=2,
-        )
+    cls_logits, box_deltas = pred.cls_logits.float(), pred.box_deltas.float()
+    _check_shapes(cls_logits, targets, priors)
+    gt_boxes, gt_labels, valid = _padded_targets(targets, cls_logits.device, cls_logits.shape[2])
     priors = priors.to(cls_logits.device, torch.float32)
     m = match(gt_boxes, valid, priors, iou_threshold)
     pos = m.positive  # (B, A)

@@ -78,6 +78,35 @@ def _steps_pair(v: float | Sequence[float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _check_lengths(
+    m: int,
+    min_sizes: Sequence[float],
+    max_sizes: Sequence[float] | None,
+    aspect_ratios: Sequence[Sequence[float]],
+    steps: Sequence[float | tuple[float, float]] | None,
+) -> None:
+    """Raise ValueError unless every per-map list has one entry per feature map (``m`` of them)."""
+    if not (len(min_sizes) == len(aspect_ratios) == m) or (max_sizes is not None and len(max_sizes) != m):
+        raise ValueError(
+            f"got {m} feature maps but {len(min_sizes)} min sizes, "
+            f"{'no' if max_sizes is None else len(max_sizes)} max sizes and {len(aspect_ratios)} aspect-ratio lists"
+        )
+    if steps is not None and len(steps) != m:
+        raise ValueError(f"got {m} feature maps but {len(steps)} steps")
+
+
+def _cell_sizes(s: float, max_size: float | None, ratios: Sequence[float]) -> list[tuple[float, float]]:
+    """Sizes ``(w, h)`` in pixels of the priors of one cell, in ssd.pytorch's order."""
+    sizes = [(s, s)]
+    if max_size is not None:
+        s_prime = math.sqrt(s * float(max_size))
+        sizes.append((s_prime, s_prime))
+    for a in ratios:
+        r = math.sqrt(float(a))
+        sizes += [(s * r, s / r), (s / r, s * r)]
+    return sizes
+
+
 def default_boxes(
     image_size: int | tuple[int, int],
     feature_maps: Sequence[tuple[int, int]],
@@ -107,28 +136,13 @@ def default_boxes(
         ``Tensor[A, 4]`` float32 priors ``(cx, cy, w, h)`` relative to the input size.
     """
     height, width = to_hw(image_size)
-    m = len(feature_maps)
-    if not (len(min_sizes) == len(aspect_ratios) == m) or (max_sizes is not None and len(max_sizes) != m):
-        raise ValueError(
-            f"got {m} feature maps but {len(min_sizes)} min sizes, "
-            f"{'no' if max_sizes is None else len(max_sizes)} max sizes and {len(aspect_ratios)} aspect-ratio lists"
-        )
-    if steps is not None and len(steps) != m:
-        raise ValueError(f"got {m} feature maps but {len(steps)} steps")
+    _check_lengths(len(feature_maps), min_sizes, max_sizes, aspect_ratios, steps)
     out = []
     for k, (fh, fw) in enumerate(feature_maps):
         if fh < 1 or fw < 1:
             raise ValueError(f"feature map {k} has size {fh}x{fw}; every map must be at least 1x1")
         step_y, step_x = (height / fh, width / fw) if steps is None else _steps_pair(steps[k])
-        # Sizes (w, h) in pixels of the priors of one cell, in ssd.pytorch's order.
-        s = float(min_sizes[k])
-        sizes = [(s, s)]
-        if max_sizes is not None:
-            s_prime = math.sqrt(s * float(max_sizes[k]))
-            sizes.append((s_prime, s_prime))
-        for a in aspect_ratios[k]:
-            r = math.sqrt(float(a))
-            sizes += [(s * r, s / r), (s / r, s * r)]
+        sizes = _cell_sizes(float(min_sizes[k]), None if max_sizes is None else max_sizes[k], aspect_ratios[k])
         wh = torch.tensor(sizes, dtype=torch.float64) / torch.tensor([width, height], dtype=torch.float64)  # (K, 2)
         cy = (torch.arange(fh, dtype=torch.float64) + offset) * step_y / height
         cx = (torch.arange(fw, dtype=torch.float64) + offset) * step_x / width

@@ -109,6 +109,22 @@ def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray], max_overlap: float) ->
     return True
 
 
+#: One placed shape: its class index, its approximate box, and its coverage ``(alpha, x0, y0)`` from :func:`_mask`.
+_Placed = tuple[int, np.ndarray, tuple[np.ndarray, int, int]]
+
+
+def _visible(placed: list[_Placed], h: int, w: int) -> list[np.ndarray]:
+    """Visible coverage of each shape: its own times what the shapes drawn after it leave uncovered."""
+    visible = []
+    cover = np.zeros((h, w), dtype=np.float32)
+    for _, _, (alpha, x0, y0) in reversed(placed):  # front to back
+        region = cover[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]]
+        visible.append(alpha * (1.0 - region))
+        region += alpha * (1.0 - region)
+    visible.reverse()
+    return visible
+
+
 class ShapesDataset(Dataset):
     """``num_images`` synthetic images with circles, squares and triangles; items as :class:`VOCDetection`'s.
 
@@ -160,6 +176,25 @@ class ShapesDataset(Dataset):
     def image_id(self, index: int) -> str:
         return f"shapes{self.seed}_{index:06d}"
 
+    def _place(self, rng: np.random.Generator, h: int, w: int) -> list[_Placed]:
+        """Pick the shapes of one image: ``(class, approximate box, (alpha, x0, y0))`` each, back to front."""
+        side = min(h, w)
+        placed: list[_Placed] = []  # (class, approximate box, coverage)
+        for _ in range(int(rng.integers(self.min_objects, self.max_objects + 1))):
+            for _attempt in range(30):
+                cls = int(rng.integers(len(SHAPE_CLASSES)))
+                size = float(rng.uniform(self.min_size, self.max_size)) * side
+                angle = float(rng.uniform(0, 2 * math.pi)) if cls == 2 else 0.0
+                half = size / 2 if cls != 2 else size / math.sqrt(3)  # radius of the circumscribed circle
+                half = min(half, side / 2 - 1)
+                cx = float(rng.uniform(half + 1, w - half - 1))
+                cy = float(rng.uniform(half + 1, h - half - 1))
+                approx = np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
+                if _overlap_ok(approx, [p[1] for p in placed], self.max_overlap):
+                    placed.append((cls, approx, _mask(cls, cx, cy, size, angle, half, h, w)))
+                    break
+        return placed
+
     def generate(self, index: int, return_coverage: bool = False) -> tuple[np.ndarray, ...]:
         """Draw image ``index``.
 
@@ -175,29 +210,8 @@ class ShapesDataset(Dataset):
         rng = np.random.default_rng([self.seed, index])
         img = _background(rng, h, w)
         bg_mean = img.reshape(-1, 3).mean(0)
-        side = min(h, w)
-        placed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (class, approximate box, coverage)
-        for _ in range(int(rng.integers(self.min_objects, self.max_objects + 1))):
-            for _attempt in range(30):
-                cls = int(rng.integers(len(SHAPE_CLASSES)))
-                size = float(rng.uniform(self.min_size, self.max_size)) * side
-                angle = float(rng.uniform(0, 2 * math.pi)) if cls == 2 else 0.0
-                half = size / 2 if cls != 2 else size / math.sqrt(3)  # radius of the circumscribed circle
-                half = min(half, side / 2 - 1)
-                cx = float(rng.uniform(half + 1, w - half - 1))
-                cy = float(rng.uniform(half + 1, h - half - 1))
-                approx = np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
-                if _overlap_ok(approx, [p[1] for p in placed], self.max_overlap):
-                    placed.append((cls, approx, _mask(cls, cx, cy, size, angle, half, h, w)))
-                    break
-        # Visible coverage of each shape: its own times what the shapes drawn after it leave uncovered.
-        visible = []
-        cover = np.zeros((h, w), dtype=np.float32)
-        for _, _, (alpha, x0, y0) in reversed(placed):  # front to back
-            region = cover[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]]
-            visible.append(alpha * (1.0 - region))
-            region += alpha * (1.0 - region)
-        visible.reverse()
+        placed = self._place(rng, h, w)
+        visible = _visible(placed, h, w)
         far = np.linalg.norm(_SHAPE_COLOURS - bg_mean, axis=1) > 90  # colours that stand out from the background
         choices = np.flatnonzero(far) if far.any() else np.arange(len(_SHAPE_COLOURS))
         classes, boxes, coverage = [], [], []

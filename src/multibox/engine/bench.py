@@ -134,6 +134,63 @@ def _runner(model: nn.Module, device: torch.device, path: str, calibration: torc
     return prepare(model, device, path)
 
 
+def _input_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images -> the network's normalised batch, resized as in inference."""
+    from multibox.data import eval_transform
+
+    pre = model.preprocess
+    transform = eval_transform(pre.image_size, pre.mean, pre.std)
+    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+
+    def inputs(src: torch.Tensor) -> torch.Tensor:
+        return torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in src])
+
+    return inputs
+
+
+def _time_batch(
+    runner: Runner,
+    inputs: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    bs: int,
+    device: torch.device,
+    priors: torch.Tensor,
+    repeat: int,
+    warmup: int,
+    sync: Callable[[], None],
+) -> tuple[float, float, float, float, list[Detections]]:
+    """Median pre/net/post/end-to-end ms of one path on the first ``bs`` images, and its detections on all images."""
+    src = images[:bs]
+
+    def preprocess(src: torch.Tensor = src, cl: bool = runner.channels_last) -> torch.Tensor:
+        x = inputs(src).to(device)
+        return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+    with torch.inference_mode():
+        x = preprocess()
+
+        def network(x: torch.Tensor = x, runner: Runner = runner) -> Any:
+            return runner(x)
+
+        pred = network()
+        pre_ms = _median_ms(preprocess, repeat, warmup, sync)
+        net_ms = _median_ms(network, repeat, warmup, sync)
+        post_ms = _median_ms(lambda pred=pred: postprocess(pred, priors), repeat, warmup, sync)
+
+        def end_to_end(preprocess: Callable[[], torch.Tensor] = preprocess, network: Any = network) -> Any:
+            return postprocess(network(preprocess()), priors)
+
+        total_ms = _median_ms(end_to_end, repeat, warmup, sync)
+        dets = []  # on all the images, in batches of bs, for the agreement
+        for start in range(0, len(images), bs):
+            x = preprocess(images[start : start + bs])
+            dets += [
+                Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu())
+                for d in postprocess(network(x), priors)
+            ]
+    return pre_ms, net_ms, post_ms, total_ms, dets
+
+
 def bench_model(
     model: nn.Module,
     images: torch.Tensor,
@@ -164,20 +221,12 @@ def bench_model(
     Returns:
         One :class:`BenchRow` per (path, batch), with ``agreement`` against the fp32 path.
     """
-    from multibox.data import eval_transform
-
     device = torch.device(device)
     paths = list(paths or available_paths(device))
     if "fp32" not in paths:
         paths.insert(0, "fp32")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    pre = model.preprocess
-    transform = eval_transform(pre.image_size, pre.mean, pre.std)
-    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-
-    def inputs(src: torch.Tensor) -> torch.Tensor:  # uint8 images -> the network's normalised batch
-        return torch.stack([transform(im, empty_boxes, empty_labels, None)[0] for im in src])
-
+    inputs = _input_fn(model)
     priors = model.priors.to(device)
     rows: list[BenchRow] = []
     reference: dict[int, list[Detections]] = {}
@@ -187,34 +236,9 @@ def bench_model(
         if runner is None:
             continue
         for bs in batch_sizes:
-            src = images[:bs]
-
-            def preprocess(src: torch.Tensor = src, cl: bool = runner.channels_last) -> torch.Tensor:
-                x = inputs(src).to(device)
-                return x.contiguous(memory_format=torch.channels_last) if cl else x
-
-            with torch.inference_mode():
-                x = preprocess()
-
-                def network(x: torch.Tensor = x, runner: Runner = runner) -> Any:
-                    return runner(x)
-
-                pred = network()
-                pre_ms = _median_ms(preprocess, repeat, warmup, sync)
-                net_ms = _median_ms(network, repeat, warmup, sync)
-                post_ms = _median_ms(lambda pred=pred: postprocess(pred, priors), repeat, warmup, sync)
-
-                def end_to_end(preprocess: Callable[[], torch.Tensor] = preprocess, network: Any = network) -> Any:
-                    return postprocess(network(preprocess()), priors)
-
-                total_ms = _median_ms(end_to_end, repeat, warmup, sync)
-                dets = []  # on all the images, in batches of bs, for the agreement
-                for start in range(0, len(images), bs):
-                    x = preprocess(images[start : start + bs])
-                    dets += [
-                        Detections(d.boxes.float().cpu(), d.scores.float().cpu(), d.labels.cpu())
-                        for d in postprocess(network(x), priors)
-                    ]
+            pre_ms, net_ms, post_ms, total_ms, dets = _time_batch(
+                runner, inputs, images, bs, device, priors, repeat, warmup, sync
+            )
             if path == "fp32":
                 reference[bs] = dets
                 agreement = 1.0

@@ -144,6 +144,57 @@ def _per_class(out: Any, classes: Sequence[str], targets: Sequence[dict[str, Any
     return rows
 
 
+def _run_weights(run_dir: Path, weights: str | Path | None) -> str | Path:
+    """The checkpoint to report on: ``weights``, else the run's ``best.pt``, else its ``last.pt``.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` or checkpoint in ``run_dir``.
+    """
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json: not the folder of a training run")
+    if weights is None:
+        weights = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{run_dir}: neither best.pt nor last.pt to report on")
+    return weights
+
+
+def _write_sheets(
+    folder: Path,
+    dataset: Any,
+    sheets: dict[str, list[int]],
+    dets: Sequence[Any],
+    targets: Sequence[dict[str, Any]],
+    classes: list[str],
+    score: float,
+) -> dict[str, str]:
+    """Save each named sheet of (prediction, ground truth) pairs as ``<name>.png``; return name -> file name."""
+    images = {}
+    # dets/targets are aligned with the readable items: an index maps back only when none was skipped
+    aligned = len(targets) == len(dataset)
+    for name, indices in sheets.items():
+        sheet = _pairs(dataset, indices, dets, targets, classes, score) if aligned and indices else None
+        if sheet is not None:
+            sheet.save(folder / f"{name}.png")
+            images[name] = f"{name}.png"
+    return images
+
+
+def _score(model: Any, dataset: Any, ec: Any, device: str, classes: list[str], score: float) -> tuple[Any, ...]:
+    """Run ``model`` over ``dataset``; return its detections, the targets, the AP result and the confusion matrix."""
+    from multibox.engine.evaluate import evaluate_detections, predict_dataset
+    from multibox.metrics.confusion import confusion_matrix
+    from multibox.runtime import resolve_device
+
+    dets, targets, _ = predict_dataset(model, dataset, batch_size=ec.batch_size, device=resolve_device(device),
+                                       score_thresh=ec.score_thresh, nms_thresh=ec.nms_thresh,
+                                       pre_nms_top_k=ec.pre_nms_top_k, top_k=ec.top_k)  # fmt: skip
+    out = evaluate_detections(dets, targets, metric="voc07" if ec.metric == "coco" else ec.metric,
+                              iou_threshold=ec.iou_threshold, class_names=classes)  # fmt: skip
+    conf = confusion_matrix(dets, targets, len(classes) + 1, score_thresh=score, iou_threshold=ec.iou_threshold)
+    return dets, targets, out, conf
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -170,32 +221,18 @@ def build_report(
     """
     from multibox.config import config_from_dict
     from multibox.engine.builders import build_dataset
-    from multibox.engine.evaluate import evaluate_detections, predict_dataset
     from multibox.metrics import plot_pr_curves
-    from multibox.metrics.confusion import confusion_matrix
-    from multibox.runtime import resolve_device
     from multibox.weights.checkpoint import model_from_checkpoint
     from multibox.weights.io import load_checkpoint
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.json: not the folder of a training run")
-    if weights is None:
-        weights = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None)
-        if weights is None:
-            raise FileNotFoundError(f"{run_dir}: neither best.pt nor last.pt to report on")
+    weights = _run_weights(run_dir, weights)
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     ckpt = load_checkpoint(weights)
     model = model_from_checkpoint(ckpt, weights)
     classes = list(ckpt["classes"])
     dataset = build_dataset(config.data, split, config.model.image_size, classes=tuple(classes))
-    ec = config.eval
-    dets, targets, _ = predict_dataset(model, dataset, batch_size=ec.batch_size, device=resolve_device(device),
-                                       score_thresh=ec.score_thresh, nms_thresh=ec.nms_thresh,
-                                       pre_nms_top_k=ec.pre_nms_top_k, top_k=ec.top_k)  # fmt: skip
-    out = evaluate_detections(dets, targets, metric="voc07" if ec.metric == "coco" else ec.metric,
-                              iou_threshold=ec.iou_threshold, class_names=classes)  # fmt: skip
-    conf = confusion_matrix(dets, targets, len(classes) + 1, score_thresh=score, iou_threshold=ec.iou_threshold)
+    dets, targets, out, conf = _score(model, dataset, config.eval, device, classes, score)
     folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     images = {
@@ -204,13 +241,8 @@ def build_report(
     }
     ranked = sorted(range(len(conf.images)), key=lambda i: (-conf.images[i].errors, i))[:worst]
     ranked = [i for i in ranked if conf.images[i].errors > 0]
-    # dets/targets are aligned with the readable items: an index maps back only when none was skipped
-    aligned = len(targets) == len(dataset)
-    for name, indices in (("samples", range(min(samples, len(targets)))), ("worst", ranked)):
-        sheet = _pairs(dataset, list(indices), dets, targets, classes, score) if aligned and indices else None
-        if sheet is not None:
-            sheet.save(folder / f"{name}.png")
-            images[name] = f"{name}.png"
+    sheets = {"samples": list(range(min(samples, len(targets)))), "worst": ranked}
+    images.update(_write_sheets(folder, dataset, sheets, dets, targets, classes, score))
     data = ReportData(
         weights=str(weights), split=split, classes=classes,
         metrics={k: v for k, v in out.items() if isinstance(v, int | float) and not math.isnan(v)},
