@@ -128,7 +128,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.report.*",
         ),
     ),
-    ("applications", ("multibox.cli", "multibox.__main__", "multibox.serve.*")),
+    ("applications", ("multibox.cli", "multibox.cli_parser", "multibox.__main__", "multibox.serve.*")),
 )
 """A name ending in ``.*`` is a package and every module in it; other names are exactly one module. Names of
 modules that do not exist (yet) are allowed."""
