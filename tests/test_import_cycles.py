@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.weights.rename",  # the key renamer: backbone modules load ImageNet weights with it
             "multibox.preprocess",
             "multibox.config",
+            "multibox.config_checks",
             "multibox.memory",
             "multibox.io",
             "multibox.io.integrity",
