@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.weights.rename",  # the key renamer: backbone modules load ImageNet weights with it
             "multibox.preprocess",
             "multibox.config",
+            "multibox.config_checks",
             "multibox.memory",
             "multibox.io",
             "multibox.io.integrity",
@@ -129,7 +130,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "multibox.report.*",
         ),
     ),
-    ("applications", ("multibox.cli", "multibox.__main__", "multibox.serve.*")),
+    ("applications", ("multibox.cli", "multibox.cli_parser", "multibox.__main__", "multibox.serve.*")),
 )
 """A name ending in ``.*`` is a package and every module in it; other names are exactly one module. Names of
 modules that do not exist (yet) are allowed."""
