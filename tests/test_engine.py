@@ -86,7 +86,7 @@ def test_data_wait_fraction_sees_a_slow_loader(tmp_path, monkeypatch):
     slow = TransformedDataset.__getitem__
 
     def sleepy(self, index):
-        time.sleep(0.1)  # 0.4 s of loading per 4-image step vs a few ms of compute on 64-px inputs
+        time.sleep(0.3)  # 1.2 s of loading per 4-image step vs milliseconds of compute on 64-px inputs
         return slow(self, index)
 
     monkeypatch.setattr(TransformedDataset, "__getitem__", sleepy)
