@@ -362,3 +362,42 @@ def test_a_killed_write_leaves_the_previous_checkpoint_and_its_orphan_is_removed
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
         save_checkpoint(path, {"step": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"] and load_checkpoint(path)["step"] == 3
+
+
+class _InterruptedFile:
+    """A file that Ctrl-C interrupts after ``limit`` bytes, as SIGINT does during a real write."""
+
+    def __init__(self, f, limit: int) -> None:
+        self._f, self._left = f, limit
+
+    def write(self, data) -> int:
+        if self._left < len(data):
+            raise KeyboardInterrupt
+        self._left -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def test_ctrl_c_inside_torch_save_is_a_keyboard_interrupt_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    """SIGINT inside torch.save: its zip writer's exit then fails ("unexpected pos ...") with the Ctrl-C as context;
+    save_checkpoint raises the Ctrl-C itself (CI once saw exit 70 from this), removes its temporary file, and the
+    previous checkpoint is whole."""
+    import multibox.weights.io as wio
+
+    path = _saved(tmp_path)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(wio.os, "fdopen", lambda fd, mode: _InterruptedFile(real_fdopen(fd, mode), 5000))
+    with pytest.raises(KeyboardInterrupt) as e:
+        save_checkpoint(path, model_checkpoint(_tiny(), ["circle", "square"]))
+    assert isinstance(e.value.__context__, RuntimeError)  # what torch raised on the way out of its writer
+    assert "unexpected pos" in str(e.value.__context__)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"] and path.read_bytes() == before

@@ -446,6 +446,21 @@ def test_describe_unwraps_dataloader_errors():
     )
 
 
+def test_an_error_raised_while_a_ctrl_c_was_handled_is_the_interrupt():
+    """A clean-up that fails because Ctrl-C cut its work short (torch.save's writer on a half-written record) is
+    reported as the interrupt (130), not as a bug (70); the same error without a Ctrl-C behind it is a bug."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 742528 vs 742416") from None
+    except RuntimeError as chained:
+        assert describe(chained, "train") == (130, "interrupted (continue with --resume auto from the last checkpoint)")
+        assert describe(chained, "eval") == (130, "interrupted")
+    code, message = describe(RuntimeError("unexpected pos 1 vs 2"), "train")
+    assert code == 70 and message.startswith("internal error: RuntimeError: unexpected pos 1 vs 2")
+
+
 def test_interrupt_missing_package_and_bugs(tmp_path, tiny_ckpt, capsys, monkeypatch):
     from multibox import cli
     from multibox.engine.trainer import Trainer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from multibox.user_input import clip
 
-__all__ = ["EXIT_CODES_HELP", "ExitCode", "describe", "unwrap_worker_error"]
+__all__ = ["EXIT_CODES_HELP", "ExitCode", "describe", "interrupt_behind", "unwrap_worker_error"]
 
 
 class ExitCode(IntEnum):
@@ -120,6 +120,19 @@ _HINTS = {
 }
 
 
+def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` that ``e`` is, or that was being handled when ``e`` was raised (its ``__context__``
+    chain), if any: a clean-up that failed because Ctrl-C cut its work short is still a Ctrl-C."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__context__
+    return None
+
+
 def describe(e: BaseException, verb: str) -> tuple[ExitCode, str]:
     """The exit code and the one-line message (without the ``multibox <verb>: `` prefix) for ``e``.
 
@@ -128,6 +141,8 @@ def describe(e: BaseException, verb: str) -> tuple[ExitCode, str]:
         verb: the command (``train``, ``detect``...), for verb-specific advice.
     """
     names = {cls.__name__ for cls in type(e).__mro__}
+    if interrupt_behind(e) is not None:
+        names.add("KeyboardInterrupt")
     message = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else "")
     unwrapped = unwrap_worker_error(message)
     if unwrapped is not None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from multibox.cli_errors import interrupt_behind
 from multibox.files import OutputWriteError, write_error
 from multibox.io.regular import file_kind
 
@@ -149,6 +150,11 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        interrupt = interrupt_behind(e)
+        if interrupt is not None and interrupt is not e:
+            # Ctrl-C inside torch.save: its zip writer's exit then fails on the half-written record; the cause is the
+            # Ctrl-C, so that is what the caller gets (not the writer's RuntimeError).
+            raise interrupt from None
         if isinstance(e, OSError):
             err = write_error(path, e, "checkpoint")
             if path.is_file():
