@@ -55,9 +55,10 @@ def test_tune_malloc_keeps_freed_memory_for_reuse():
     applied, tuned = faults("tuned")
     eager_applied, eager = faults("eager")
     assert applied == "True" and eager_applied == "True"
-    # 20 steps x 32 MB of fresh pages = 163,840 faults of 4 KiB when memory goes back to the kernel; 0 here tuned.
+    # 20 steps x 32 MB of fresh pages = 163,840 faults of 4 KiB when memory goes back to the kernel. Tuned, the 20
+    # steps fault in less than the control's one step: 0, or 2048 (8 MB, once) when the heap grows one time.
     assert eager > 100_000, eager
-    assert tuned < 0.01 * eager, (tuned, eager)
+    assert tuned < eager / 20, (tuned, eager)
 
 
 def test_tune_malloc_leaves_user_settings_alone(monkeypatch):
