@@ -88,3 +88,25 @@ def test_anchors_and_scan_on_a_written_shapes_set(tmp_path, capsys):
     assert main(["anchors", str(tmp_path / "voc"), "--model", "ssd_tiny", "--image-size", "96", "--clusters", "3"]) == 0
     out = capsys.readouterr().out
     assert "ssd_tiny" in out and "circle" in out
+
+
+def test_demo_trains_evaluates_draws_and_says_its_precision(tmp_path, capsys):
+    import torch
+
+    from multibox.runtime import auto_amp
+
+    out = tmp_path / "demo"
+    sets = ["data.shapes_train=16", "data.shapes_val=8", "train.batch_size=4", "train.warmup_iters=1"]
+    args = ["demo", "--iters", "2", "--no-progress", "--out", str(out)]
+    assert main([*args, *(x for kv in sets for x in ("--set", kv))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["train_steps"] == 2 and s["val_images"] == 8 and s["train_amp"] == auto_amp(torch.device("cpu"))
+    assert lines[0] == (
+        f"demo: VOC07 mAP@0.5 = {s['mAP_voc07']:.4f} (area AP {s['mAP_area']:.4f}) on 8 held-out images"
+    )
+    assert lines[1].startswith(f"      trained 2 steps in {s['train_seconds']} s (")
+    assert f"img/s, amp {s['train_amp']}, " in lines[1]
+    assert json.loads((out / "metrics.json").read_text())["mAP"] == pytest.approx(s["mAP_voc07"])
+    for name in ("last.pt", "pr_curves.png", "detections.png"):
+        assert (out / name).stat().st_size > 0

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import multibox.runtime as rt
 from multibox import create_model
 from multibox.runtime import (
     PATHS,
@@ -83,6 +84,40 @@ def test_path_choice():
     paths = available_paths(CPU, compile=True, int8=True)
     assert paths[:2] == ["fp32", "channels_last"] and "fp16" not in paths and paths[-2:] == ["compile", "int8"]
     assert set(paths) <= set(PATHS) and fastest_path(CPU) in paths
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ({"avx2", "avx512f", "avx512_vnni"}, False),  # a Xeon without bf16 instructions: bf16 would be emulated
+        ({"avx512f", "avx512_bf16", "avx512_vnni"}, True),  # AMD EPYC (Zen 4)
+        ({"amx_bf16", "amx_tile", "amx_int8"}, True),  # Xeon with AMX
+        (set(), False),  # no /proc/cpuinfo (not Linux)
+    ],
+)
+def test_bf16_is_chosen_only_where_the_cpu_computes_it(monkeypatch, flags, native):
+    monkeypatch.setattr(rt, "cpu_flags", lambda: frozenset(flags))
+    assert rt.bf16_native(CPU) is native
+    assert rt.auto_amp(CPU) == ("bf16" if native else "none")
+    assert rt.fastest_path(CPU) == ("bf16" if native else "channels_last")
+    assert "bf16" in available_paths(CPU)  # still there to measure (oneDNN runs it either way)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert rt.bf16_native(CPU) is False and rt.auto_amp(CPU) == "none"
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16\nbugs\t\t: spectre_v1\n\nprocessor\t: 1\n")
+    real_path = rt.Path
+    monkeypatch.setattr(rt, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    rt.cpu_flags.cache_clear()
+    try:
+        assert rt.cpu_flags() == {"fpu", "sse2", "avx512_bf16"}
+        cpuinfo.unlink()
+        rt.cpu_flags.cache_clear()
+        assert rt.cpu_flags() == frozenset()
+    finally:
+        rt.cpu_flags.cache_clear()
 
 
 def test_cli_bench_choices_are_the_runtime_paths():

@@ -186,3 +186,21 @@ def test_a_training_set_without_boxes_is_refused(tmp_path):
     sets = tiny_overrides(tmp_path / "run", **{"data.kind": "voc", "data.root": str(root), "data.classes": ["circle"]})
     with pytest.raises(ValueError, match=r"no image of the training set .* has a box"):
         train(load_config("ssd_tiny_shapes", [*sets, "data.train_split=train"]), progress=False)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx512_vnni"}, "none"), ({"avx512_bf16"}, "bf16")])
+def test_amp_auto_runs_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, flags, expected):
+    """``train.amp: auto`` (the demo's and the fine-tuning preset's) is resolved for the device when the run is built;
+    the checkpoint keeps the setting as written, so a resume on another machine resolves it again."""
+    import multibox.runtime as rt
+
+    monkeypatch.setattr(rt, "cpu_flags", lambda: frozenset(flags))
+    seen = []
+    real = rt.autocast_context
+    monkeypatch.setattr("multibox.engine.trainer.autocast_context", lambda d, amp: seen.append(amp) or real(d, amp))
+    lines = []
+    cfg = load_config("ssd_tiny_shapes", [*tiny_overrides(tmp_path), "train.amp=auto"])
+    result = train(cfg, progress=False, log=lines.append)
+    assert result.amp == expected and set(seen) == {expected} and len(seen) == 2  # both steps
+    assert f"train.amp auto: {expected} on cpu" in lines
+    assert load_checkpoint(result.checkpoint)["config"]["train"]["amp"] == "auto"

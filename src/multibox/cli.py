@@ -28,6 +28,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     )
     print(
         f"      trained {s['train_steps']} steps in {s['train_seconds']} s ({s['train_images_per_second']} img/s, "
+        f"amp {s['train_amp']}, "
         f"{100 * s['train_data_wait_fraction']:.1f}% of it waiting for data)"
     )
     for key in ("checkpoint", "metrics", "pr_curves", "detections"):

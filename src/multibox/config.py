@@ -152,7 +152,8 @@ class TrainConfig:
         max_iters: optimizer steps; ``epochs`` instead, if set, counts passes over the data.
         grad_accum: micro-batches per optimizer step (the step divides its loss by the positives of all of them, as
             one batch of ``batch_size`` images would).
-        amp: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA).
+        amp: ``none``, ``bf16`` (CPU or CUDA), ``fp16`` (CUDA), or ``auto``: bf16 where the device computes it natively
+            (CUDA with bf16, else fp16; CPUs with AMX or AVX512-BF16), else none (:func:`multibox.runtime.auto_amp`).
         channels_last: NHWC memory format.
         clip_grad_norm: max gradient norm, or None.
         seed: the run's seed (data order, augmentation, initialisation).
@@ -189,7 +190,7 @@ class TrainConfig:
     max_iters: int = 120_000
     epochs: int | None = None
     grad_accum: int = 1
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"
     channels_last: bool = False
     clip_grad_norm: float | None = None
     seed: int = 0

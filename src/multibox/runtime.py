@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,12 @@ from multibox.weights.checkpoint import model_from_checkpoint, read_checkpoint
 __all__ = [
     "PATHS",
     "Runner",
+    "auto_amp",
     "autocast_context",
     "available_paths",
+    "bf16_native",
     "bf16_supported",
+    "cpu_flags",
     "fastest_path",
     "load_detector",
     "prepare",
@@ -75,10 +79,40 @@ def autocast_context(device: torch.device, amp: str) -> Any:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is worth using on ``device`` (CUDA with bf16, or a CPU build with oneDNN)."""
+    """Whether bf16 autocast runs on ``device`` at all (CUDA with bf16, or a CPU build with oneDNN, which emulates it
+    on CPUs without bf16 instructions); :func:`bf16_native` says whether it is also fast."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them in ``/proc/cpuinfo`` (empty elsewhere, or when unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[-1].split())
+    return frozenset()
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: CUDA with bf16, or a CPU with AMX or AVX512-BF16 (and oneDNN).
+    Elsewhere bf16 autocast is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bf16_supported(device) and bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def auto_amp(device: torch.device) -> str:
+    """The mixed precision ``device`` trains well in (``train.amp: auto``): on CUDA bf16 where supported, else fp16;
+    on a CPU bf16 where it is native (:func:`bf16_native`), else ``none``."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if bf16_native(device) else "none"
 
 
 def _onnxruntime_available() -> bool:
@@ -108,11 +142,11 @@ def available_paths(device: torch.device, compile: bool = False, onnx: bool = Fa
 
 
 def fastest_path(device: torch.device, int8: bool = False) -> str:
-    """The path to run when speed is asked for: ``int8`` if asked (CPU), else ``bf16`` where the device supports
-    it, else ``channels_last``."""
+    """The path to run when speed is asked for: ``int8`` if asked (CPU), else ``bf16`` where the device computes
+    bf16 natively (:func:`bf16_native`), else ``channels_last``."""
     if int8:
         return "int8"
-    return "bf16" if bf16_supported(device) else "channels_last"
+    return "bf16" if bf16_native(device) else "channels_last"
 
 
 @dataclass

@@ -70,6 +70,7 @@ def run_demo(
         "eval_seconds": round(eval_s, 1),
         "train_steps": result.step,
         "train_images_per_second": round(result.images_per_second, 1),
+        "train_amp": result.amp,
         "train_data_wait_fraction": round(result.data_wait_fraction, 3),
         "val_images": len(val),
         "checkpoint": str(out / "last.pt"),

@@ -91,7 +91,7 @@ def predict_dataset(
     """Run the model over a dataset.
 
     ``fast`` replaces ``amp`` and ``channels_last`` by :func:`multibox.runtime.fastest_path` (BatchNorm folded,
-    channels_last, bf16 autocast where supported, the head in float32); ``int8_calibration`` (normalised images,
+    channels_last, bf16 autocast where native, the head in float32); ``int8_calibration`` (normalised images,
     better not the evaluated ones) makes it the int8 backbone of :func:`multibox.models.quantize.quantize_int8`
     (CPU only).
 

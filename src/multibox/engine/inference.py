@@ -82,7 +82,7 @@ def detect(
         batch_size: images per forward pass.
         score_thresh: the lowest score reported.
         fast: run the fastest eager path (:func:`multibox.runtime.fastest_path`: BatchNorm folded, channels_last,
-            bf16 autocast where supported); check it with ``multibox bench`` first.
+            bf16 autocast where the CPU computes bf16 natively); check it with ``multibox bench`` first.
         on_error: ``skip`` an unreadable input with a :class:`~multibox.files.SkippedInputWarning`, or ``raise``
             :class:`~multibox.files.BadInputError`.
 

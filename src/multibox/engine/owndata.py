@@ -25,7 +25,6 @@ __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_PRESET",
     "RunPlan",
-    "auto_amp",
     "next_run_dir",
     "open_dataset",
     "parse_duration",
@@ -74,27 +73,6 @@ def next_run_dir(out: str | Path, name: str) -> Path:
     while (out / f"{name}-{n}").exists():
         n += 1
     return out / f"{name}-{n}"
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AMX or AVX512-BF16), where bf16 autocast pays off."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-            break
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-def auto_amp(device: torch.device) -> str:
-    """The mixed precision a device does well: CUDA bf16 (else fp16), bf16 on CPUs with AMX/AVX512-BF16, else none."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "none"
 
 
 @dataclass
@@ -237,7 +215,7 @@ def _recipe(
     minutes: float | None,
 ) -> tuple[dict[str, Any], torch.device]:
     """The preset's config tree with the data, the model, the hardware's precision and the budget filled in."""
-    from multibox.runtime import resolve_device
+    from multibox.runtime import auto_amp, resolve_device
 
     if epochs is not None and minutes is not None:
         raise ValueError("give a number of epochs or a time budget, not both")

@@ -23,7 +23,7 @@ from multibox.engine.builders import build_dataset, build_model, build_optimizer
 from multibox.engine.rng import restore_rng_state
 from multibox.engine.sampling import ResumableBatchSampler
 from multibox.engine.schedule import LRFactor
-from multibox.runtime import resolve_device
+from multibox.runtime import auto_amp, resolve_device
 from multibox.weights.checkpoint import load_model_state
 from multibox.weights.io import CheckpointError, load_checkpoint
 
@@ -42,6 +42,7 @@ class TrainingRun:
         optimizer, scheduler, scaler: SGD/AdamW, the LambdaLR of ``lr_factor``, the fp16 grad scaler.
         lr_factor: the schedule (its ``max_iters`` may be lowered by a time budget).
         device: where training runs.
+        amp: the mixed precision the steps run in (``train.amp``, with ``auto`` resolved for ``device``).
         classes: the foreground class names (label ``k`` is ``classes[k - 1]``).
         priors: ``Tensor[A, 4]`` the model's default boxes on ``device``.
         step: optimizer steps already taken (non-zero when resumed).
@@ -79,6 +80,7 @@ class TrainingRun:
     elapsed_s: float = 0.0
     resume_state: dict[str, Any] = field(default_factory=dict)
     skipped_when_built: int = 0
+    amp: str = "none"
 
     @property
     def is_main(self) -> bool:
@@ -300,7 +302,8 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
     probe = ResumableBatchSampler(len(dataset), micro, tc.seed, rank=rank, world_size=world)
     factor = _lr_factor(config, probe.batches_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
+    amp = auto_amp(device) if tc.amp == "auto" else tc.amp
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, elapsed = _restore_training_state(ckpt, optimizer, scheduler, scaler)
     factor = scheduler.lr_lambdas[0]  # the same object, its state restored with the scheduler's
     train_model: nn.Module = model
@@ -319,6 +322,7 @@ def build_run(config: Config, resume: str | Path | None = None) -> TrainingRun:
         scaler=scaler,
         lr_factor=factor,
         device=device,
+        amp=amp,
         classes=classes,
         priors=model.priors.to(device),
         step=step,

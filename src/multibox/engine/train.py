@@ -51,6 +51,8 @@ class TrainResult:
     counts each time it is drawn."""
     skipped_when_built: int = 0
     """Training images the reader left out when it was built (unreadable or unusable files; it warned)."""
+    amp: str = "none"
+    """The mixed precision the steps ran in (``train.amp`` with ``auto`` resolved for the device)."""
 
 
 def model_args(model: nn.Module) -> dict[str, Any]:
@@ -144,6 +146,8 @@ def _train(
             _write_run_files(run)
             if log is not None and run.prior_fit is not None:
                 log(str(run.prior_fit))
+            if log is not None and tc.amp == "auto":
+                log(f"train.amp auto: {run.amp} on {run.device}")
         logger = H.MetricLogger(run.out_dir, tc.log_every)
         checkpointer = H.Checkpointer(run.out_dir, tc.ckpt_every)
         ema = H.EMA(tc.ema) if tc.ema > 0 else None
@@ -179,4 +183,5 @@ def _train(
         evaluations=evaluator.history if evaluator else [],
         skipped_images=trainer.skipped_images,
         skipped_when_built=run.skipped_when_built,
+        amp=run.amp,
     )

@@ -137,7 +137,7 @@ class Trainer:
         run = self.run
         targets = [(t["boxes"].to(run.device), t["labels"].to(run.device)) for t in items]
         no_sync = run.train_model.no_sync() if not sync else nullcontext()
-        with no_sync, autocast_context(run.device, run.config.train.amp):
+        with no_sync, autocast_context(run.device, run.amp):
             pred = run.train_model(images)
         losses = multibox_loss(pred, targets, run.priors)
         if not torch.isfinite(losses["total"]):

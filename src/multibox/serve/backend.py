@@ -7,8 +7,8 @@ image's pixels.
 
 ``fast`` on a checkpoint picks the first path that agrees with float32 on synthetic images (VOC AP of the path's
 detections against fp32's, :func:`multibox.engine.bench.path_agreement`, at least :data:`MIN_AGREEMENT`): the int8
-backbone on the CPU, then :func:`multibox.runtime.fastest_path` (bf16 autocast where the device supports it, AMP on
-CUDA, else channels_last with BatchNorm folded); float32 when none agrees.
+backbone on the CPU, then :func:`multibox.runtime.fastest_path` (bf16 autocast where the device computes bf16
+natively, AMP on CUDA, else channels_last with BatchNorm folded); float32 when none agrees.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _detections(runner: Runner, x: Tensor, priors: Tensor) -> list[Detections]:
 
 def choose_fast_path(model: nn.Module, device: torch.device) -> tuple[Runner, float | None]:
     """``(runner, agreement with fp32)``: the first of int8 (CPU) and the device's fastest path
-    (:func:`multibox.runtime.fastest_path`: bf16 where supported, else channels_last) that agrees with fp32 on
+    (:func:`multibox.runtime.fastest_path`: bf16 where native, else channels_last) that agrees with fp32 on
     synthetic images; the fp32 model itself (agreement None) when none does."""
     model = model.to(device).eval()
     check = _synthetic_inputs(model, 16, seed=123).to(device)
