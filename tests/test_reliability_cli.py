@@ -97,7 +97,7 @@ BAD_SETTINGS = [
     ("train=[]", "section 'train' must be a mapping of key: value, got []"),
     ("model.kwargs={width: 4, width: 8}", "override 'model.kwargs': key 'width' appears twice in one mapping"),
     ("data=5", "section 'data' must be a mapping of key: value, got 5"),
-    ("train.amp=fp8", "train.amp: 'fp8' is not one of ['none', 'bf16', 'fp16']"),
+    ("train.amp=fp8", "train.amp: 'fp8' is not one of ['none', 'bf16', 'fp16', 'auto']"),
     # 600 bytes of nested aliases: refused before anything expands them.
     ("train.lr=[" + ", ".join(f"&a{i} [" + ",".join([f"*a{i - 1}" if i else "1"] * 9) + "]" for i in range(9)) + "]",
      "override 'train.lr': YAML aliases (*name) are not allowed here"),
