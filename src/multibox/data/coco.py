@@ -40,6 +40,7 @@ from multibox.data.image_io import (
     resolve_orientation,
     scale_to_decoded,
 )
+from multibox.data.records import RecordList
 
 __all__ = ["COCODetection", "load_coco_json"]
 
@@ -54,10 +55,11 @@ class _Record:
     iscrowd: Tensor  # (N,) bool
 
 
-class COCODetection(torch.utils.data.Dataset):
+class COCODetection(RecordList):
     """A detection dataset in COCO format.
 
-    Items are ``(image, target)``: an upright RGB ``uint8`` ``Tensor[3, H, W]`` and a dict
+    Items are in the order of their COCO image ids (``image_ids``), each ``(image, target)``: an upright RGB
+    ``uint8`` ``Tensor[3, H, W]`` and a dict
 
     - ``"boxes"``: ``Tensor[N, 4]`` float32 xyxy in continuous pixels,
     - ``"labels"``: ``Tensor[N]`` int64 in ``1..K`` (``classes[label - 1]``),
@@ -145,18 +147,6 @@ class COCODetection(torch.utils.data.Dataset):
         keep = check.keep if self.include_crowd else check.keep & ~crowd
         return _Record(img["id"], path, size, check.boxes[keep], labels[keep], crowd[keep])
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def image_ids(self) -> list[int]:
-        """The COCO id of every item, in order (sorted by id)."""
-        return [r.image_id for r in self._records]
-
-    def image_path(self, index: int) -> Path:
-        """The image file of item ``index``."""
-        return self._records[index].image_path
-
     def category_ids(self, labels: Tensor) -> Tensor:
         """Map contiguous labels ``Tensor[...]`` (1..K) to COCO category ids, e.g. to write a results file."""
         return self._label_to_cat[labels]
@@ -203,14 +193,6 @@ class COCODetection(torch.utils.data.Dataset):
             "image_id": r.image_id,
             "orig_size": torch.tensor(hw, dtype=torch.int64),
         }
-
-    def num_boxes(self) -> int:
-        """How many boxes the items hold in all (from the annotations; nothing is decoded or probed)."""
-        return sum(int(r.boxes.shape[0]) for r in self._records)
-
-    def targets_only(self) -> list[dict[str, Any]]:
-        """Every item's target dict, in order, without decoding any image."""
-        return [self.get_target(i) for i in range(len(self))]
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
         r = self._records[index]

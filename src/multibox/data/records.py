@@ -1,4 +1,5 @@
-"""Datasets held as one record per image (VOC, YOLO): the record, and the item access they share.
+"""Datasets held as one record per image: what every such reader answers from its records (VOC, YOLO, COCO), and
+the record and item access VOC and YOLO share.
 
 A reader builds its records once (annotations parsed and checked, image headers probed); items then decode the
 image and return it with the record's target, boxes scaled to the decoded size.
@@ -16,7 +17,7 @@ from torch import Tensor
 from multibox.data.checks import OnError, unusable_item
 from multibox.data.image_io import decode_image, scale_to_decoded
 
-__all__ = ["ImageRecord", "RecordDataset"]
+__all__ = ["ImageRecord", "RecordDataset", "RecordList"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,39 @@ class ImageRecord:
     difficult: Tensor  # (N,) bool
 
 
-class RecordDataset(torch.utils.data.Dataset):
+class RecordList(torch.utils.data.Dataset):
+    """A dataset whose reader built one record per image (``_records``, each with ``image_id``, ``image_path`` and
+    ``boxes``), and what it answers from them without decoding an image. Subclasses give ``get_target`` and
+    ``__getitem__``."""
+
+    _records: list[Any]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def image_ids(self) -> list[Any]:
+        """The id of every item, in order."""
+        return [r.image_id for r in self._records]
+
+    def image_path(self, index: int) -> Path:
+        """The image file of item ``index``."""
+        return self._records[index].image_path
+
+    def get_target(self, index: int) -> dict[str, Any]:
+        """The target dict of item ``index`` without decoding its image."""
+        raise NotImplementedError
+
+    def num_boxes(self) -> int:
+        """How many boxes the items hold in all (from the annotations; nothing is decoded or probed)."""
+        return sum(int(r.boxes.shape[0]) for r in self._records)
+
+    def targets_only(self) -> list[dict[str, Any]]:
+        """Every item's target dict, in order, without decoding any image."""
+        return [self.get_target(i) for i in range(len(self))]
+
+
+class RecordDataset(RecordList):
     """Items ``(image, target)`` of a list of :class:`ImageRecord` (a reader fills ``_records``).
 
     ``image`` is an upright RGB ``uint8`` ``Tensor[3, H, W]``; ``target`` holds ``boxes`` (pixels of that image),
@@ -47,18 +80,6 @@ class RecordDataset(torch.utils.data.Dataset):
     on_error: OnError = "raise"
     _records: list[ImageRecord]
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def image_ids(self) -> list[str]:
-        """The id of every item, in order."""
-        return [r.image_id for r in self._records]
-
-    def image_path(self, index: int) -> Path:
-        """The image file of item ``index``."""
-        return self._records[index].image_path
-
     def image_size(self, index: int) -> tuple[int, int]:
         """``(width, height)`` of the upright image of item ``index`` (from its header; nothing is decoded)."""
         return self._records[index].size
@@ -73,14 +94,6 @@ class RecordDataset(torch.utils.data.Dataset):
             "image_id": r.image_id,
             "orig_size": torch.tensor([r.size[1], r.size[0]], dtype=torch.int64),
         }
-
-    def num_boxes(self) -> int:
-        """How many boxes the items hold in all (from the annotations; nothing is decoded or probed)."""
-        return sum(int(r.boxes.shape[0]) for r in self._records)
-
-    def targets_only(self) -> list[dict[str, Any]]:
-        """Every item's target dict, in order, without decoding any image."""
-        return [self.get_target(i) for i in range(len(self))]
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
         r = self._records[index]
